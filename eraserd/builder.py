@@ -1,0 +1,153 @@
+"""Turn a partition into a registry version: train what changed, reuse what did not.
+
+Reuse is content-addressed. A cluster's prompt and head are a pure function of (its member
+set, the training fingerprint), so a cluster whose membership blob and fingerprint match a
+cluster of the previous version keeps that cluster's blobs byte for byte; every other cluster
+is trained from scratch. Build and forget both go through ``materialize``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from .clustering import Partition, nearest
+from .config import Config
+from .data.images import canonical_view
+from .data.store import SampleRow, Store
+from .ids import member_seed, sha256_hex
+from .model.backbone import Backbone
+from .progress import bar
+from .registry import FORMAT, Registry
+from .training.engine import ClusterData, predict_batch, train_cluster
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # "build" | "forget"
+    forgotten: int = 0
+    reclustered: bool = True
+
+
+def train_fingerprint(cfg: Config, backbone: Backbone, classes: list[str]) -> str:
+    return sha256_hex("|".join([cfg.section_hash("seed", "training", "prompt"),
+                                backbone.fingerprint, ",".join(classes)]).encode())
+
+
+def cluster_fingerprint(cfg: Config, backbone: Backbone) -> str:
+    return sha256_hex("|".join([cfg.section_hash("seed", "clustering"),
+                                backbone.fingerprint]).encode())
+
+
+def config_hash(cfg: Config) -> str:
+    plain = cfg.to_dict()
+    plain.pop("state_dir")
+    return sha256_hex(repr(sorted(plain.items())).encode())
+
+
+def load_views(store: Store, rows: list[SampleRow], size: int) -> torch.Tensor:
+    if not rows:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return torch.stack([canonical_view(store.read_object(r), size) for r in rows])
+
+
+def materialize(cfg: Config, store: Store, registry: Registry, backbone: Backbone,
+                part: Partition, test_features: dict[str, np.ndarray],
+                previous: dict | None, change: Change) -> dict:
+    """Write every blob of the new version and return its manifest (not yet current)."""
+    started = time.perf_counter()
+    classes = store.classes()
+    by_id = {r.sample_id: r for r in store.rows()}
+    fp_train = train_fingerprint(cfg, backbone, classes)
+    reusable = {}
+    if previous is not None and previous["train_fingerprint"] == fp_train:
+        reusable = {c["members"]: c for c in previous["clusters"]}
+
+    test_ids = sorted(test_features)
+    routed: list[list[str]] = [[] for _ in part.keys]
+    if test_ids:
+        for sid, k in zip(test_ids, nearest(np.stack([test_features[i] for i in test_ids]),
+                                            part.prototypes).tolist()):
+            routed[k].append(sid)
+
+    plans = []
+    for k, key in enumerate(part.keys):
+        members = part.members[k]
+        mblob = registry.put_json({
+            "members": sorted(by_id[i].key for i in members),
+            "sample": sorted(by_id[i].key for i in members if i in part.sample),
+        })
+        test_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in routed[k])).encode())
+        plans.append((k, key, members, mblob, test_hash, reusable.get(mblob)))
+
+    to_train = [p for p in plans if p[5] is None]
+    total_steps = sum(len(p[2]) * cfg.training.epochs for p in to_train)
+    clusters, retrained = [], []
+    with bar(total=total_steps, desc="retune", unit="img-step") as progress:
+        for k, key, members, mblob, test_hash, old in plans:
+            if old is not None:
+                prompt_h, head_h = old["prompt"], old["head"]
+            else:
+                rows = [by_id[i] for i in members]
+                data = ClusterData(load_views(store, rows, backbone.image_size),
+                                   torch.tensor([r.label for r in rows], dtype=torch.int64),
+                                   member_seed(cfg.seed, members))
+                result = train_cluster(backbone, data, cfg.training, cfg.prompt, len(classes),
+                                       on_step=progress.update)
+                prompt_h = registry.put_tensors({"prompt": result.prompt})
+                head_h = registry.put_tensors({"weight": result.weight, "bias": result.bias})
+                retrained.append(key)
+            if old is not None and old["test_members"] == test_hash and \
+                    (old["prompt"], old["head"]) == (prompt_h, head_h):
+                test_n, correct = old["test_n"], old["test_correct"]
+            else:
+                test_n, correct = _evaluate(store, registry, backbone, prompt_h, head_h,
+                                            [by_id[i] for i in routed[k]])
+            clusters.append({
+                "key": key, "size": len(members),
+                "sample_count": sum(1 for i in members if i in part.sample),
+                "members": mblob, "prompt": prompt_h, "head": head_h,
+                "test_members": test_hash, "test_n": test_n, "test_correct": correct,
+            })
+
+    protos_h = registry.put_tensors({"prototypes": torch.from_numpy(part.prototypes.copy())})
+    test_n = sum(c["test_n"] for c in clusters)
+    cur = registry.current()
+    sample_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in part.sample)).encode())
+    return {
+        "format": FORMAT,
+        "version": registry.next_version(),
+        "parent": cur[0] if cur else None,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": config_hash(cfg),
+        "config": cfg.to_dict(),
+        "backbone": backbone.identity(),
+        "classes": classes,
+        "train_fingerprint": fp_train,
+        "cluster_fingerprint": cluster_fingerprint(cfg, backbone),
+        "clustering": {"sample_count": len(part.sample), "sample_hash": sample_hash},
+        "prototypes": protos_h,
+        "clusters": clusters,
+        "samples": {"train": sum(c["size"] for c in clusters), "test": test_n},
+        "accuracy": (sum(c["test_correct"] for c in clusters) / test_n) if test_n else None,
+        "change": {"kind": change.kind, "forgotten": change.forgotten,
+                   "reclustered": change.reclustered, "retrained": retrained,
+                   "reused": len(clusters) - len(retrained),
+                   "seconds": round(time.perf_counter() - started, 3)},
+    }
+
+
+def _evaluate(store: Store, registry: Registry, backbone: Backbone, prompt_h: str,
+              head_h: str, rows: list[SampleRow]) -> tuple[int, int]:
+    if not rows:
+        return 0, 0
+    prompt = registry.get_tensors(prompt_h, "prompt")["prompt"]
+    head = registry.get_tensors(head_h, "head")
+    preds = predict_batch(backbone, prompt, head["weight"], head["bias"],
+                          load_views(store, rows, backbone.image_size))
+    labels = torch.tensor([r.label for r in rows])
+    return len(rows), int((preds == labels).sum())

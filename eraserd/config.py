@@ -1,0 +1,306 @@
+"""Typed, frozen configuration. The only module that reads YAML.
+
+Every section is a frozen dataclass. ``load_config`` validates the whole file once and raises
+``ConfigError`` naming the key path (``training.epochs: expected an integer, got 'ten'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+BUILTIN_DIGITS = "builtin:digits"
+BUILTIN_LITE0 = "builtin:efficientnet_lite0"
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = BUILTIN_DIGITS
+    """``builtin:digits``, an image folder (one subfolder per class) or a manifest ``.csv``."""
+    test_fraction: float = 0.2
+    """Share of subjects held out for reporting accuracy; never trained on."""
+    classes: tuple[str, ...] | None = None
+    """Allowed labels. Default: the labels found at ingest (folder names for a folder)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.test_fraction < 1.0, "must be in [0, 1)")
+        _check(bool(self.source.strip()), "must not be empty")
+        if self.classes is not None:
+            _check(len(self.classes) >= 2, "needs at least two classes")
+            _check(len(set(self.classes)) == len(self.classes), "holds duplicate classes")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "efficientnet_lite0"
+    """Any timm model name."""
+    weights: str | None = BUILTIN_LITE0
+    """``builtin:efficientnet_lite0``, a local ``.safetensors``/``.pth`` state dict, or null for
+    random weights (tests only)."""
+    image_size: int = 64
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "must not be empty")
+        _check(8 <= self.image_size <= 1024, "must be between 8 and 1024")
+        _check(all(s > 0 for s in self.std), "std values must be positive")
+
+
+@dataclass(frozen=True)
+class ClusteringConfig:
+    sample_size: int = 1000
+    """Points that go through hierarchical clustering; the rest join the nearest prototype."""
+    distance_threshold: float | None = 19.5
+    """Average-linkage merge threshold in feature space (paper: 10 on ViT-B/16)."""
+    n_clusters: int | None = None
+    """Alternative to the threshold: cut the dendrogram into at most this many clusters."""
+
+    def __post_init__(self) -> None:
+        _check(self.sample_size >= 1, "must be at least 1")
+        _check(
+            (self.distance_threshold is None) != (self.n_clusters is None),
+            "set exactly one of distance_threshold and n_clusters",
+        )
+        if self.distance_threshold is not None:
+            _check(self.distance_threshold > 0, "distance_threshold must be positive")
+        if self.n_clusters is not None:
+            _check(self.n_clusters >= 1, "n_clusters must be at least 1")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    width: int = 8
+    """Border width in pixels at ``backbone.image_size`` (paper: 30 at 224)."""
+    init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check(self.width >= 1, "must be at least 1")
+        _check(self.init_std >= 0, "must not be negative")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_padding: int = 4
+    """Random translation of up to this many pixels (zero padding, then crop)."""
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.crop_padding >= 0, "must not be negative")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 12
+    batch_size: int = 32
+    prompt_lr: float = 1.0
+    head_lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_epochs: float = 1.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs must be at least 1")
+        _check(self.batch_size >= 1, "batch_size must be at least 1")
+        _check(self.prompt_lr >= 0 and self.head_lr >= 0, "learning rates must not be negative")
+        _check(0 <= self.momentum < 1, "momentum must be in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay must not be negative")
+        _check(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "cpu"
+    num_threads: int = 2
+    """Fixed intra-op thread count: CPU results are bitwise reproducible only at a fixed count."""
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "must be cpu or cuda[:N]")
+        _check(self.num_threads >= 1, "must be at least 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path = Path("state")
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            2 * self.prompt.width < self.backbone.image_size,
+            "prompt.width: must leave an interior: 2 * width < backbone.image_size",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def section_hash(self, *names: str) -> str:
+        """Hash of the named sections, used to decide whether a stored result is reusable."""
+        plain = self.to_dict()
+        return hashlib.sha256(
+            json.dumps({n: plain[n] for n in names}, sort_keys=True).encode()
+        ).hexdigest()
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+
+
+def _convert(tp: Any, raw: Any, path: str) -> Any:
+    """Check ``raw`` against the annotation ``tp`` and return the typed value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if raw is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _convert(opt, raw, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: invalid value {raw!r}")
+    if origin is Literal:
+        if raw not in typing.get_args(tp):
+            raise ConfigError(f"{path}: must be one of {list(typing.get_args(tp))}, got {raw!r}")
+        return raw
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(raw, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {raw!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(raw))
+        if len(raw) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {len(raw)}")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, raw)))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, raw, path)
+    if tp is Path:
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"{path}: expected a path string, got {raw!r}")
+        return Path(raw)
+    if tp is float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ConfigError(f"{path}: expected a number, got {raw!r}")
+        return float(raw)
+    if tp is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"{path}: expected an integer, got {raw!r}")
+        return raw
+    if tp in (bool, str):
+        if not isinstance(raw, tp):
+            raise ConfigError(f"{path}: expected {_TYPE_WORDS[tp]}, got {raw!r}")
+        return raw
+    raise TypeError(f"unsupported config annotation {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    where = path or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise ConfigError(f"{key}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        sub = f"{path}.{name}" if path else name
+        kwargs[name] = _convert(hints[name], value, sub)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        explicit = re.match(r"^([\w.]+): (.*)$", str(exc))
+        if explicit:
+            raise ConfigError(str(exc)) from None
+        bad = _blame(cls, kwargs, str(exc))
+        key = f"{path}.{bad}" if path and bad else (bad or where)
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _blame(cls: type, kwargs: dict[str, Any], message: str) -> str:
+    """Name the field a ``__post_init__`` check failed on, when the message does not."""
+    for f in dataclasses.fields(cls):
+        if message.startswith(f.name + " "):
+            return f.name
+    if len(kwargs) == 1:
+        return next(iter(kwargs))
+    return ""
+
+
+def config_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Validate a plain mapping. Relative paths resolve against ``base_dir``."""
+    cfg = _build(Config, raw, "")
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    state = cfg.state_dir if cfg.state_dir.is_absolute() else (base / cfg.state_dir)
+    data = cfg.data
+    if not data.source.startswith("builtin:"):
+        src = Path(data.source).expanduser()
+        data = dataclasses.replace(data, source=str(src if src.is_absolute() else base / src))
+    bb = cfg.backbone
+    if bb.weights is not None and not bb.weights.startswith("builtin:"):
+        w = Path(bb.weights).expanduser()
+        bb = dataclasses.replace(bb, weights=str(w if w.is_absolute() else base / w))
+    return dataclasses.replace(cfg, state_dir=state.resolve(), data=data, backbone=bb)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML file; relative paths in it are relative to the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return config_from_dict(raw, base_dir=path.resolve().parent)

@@ -1,0 +1,260 @@
+"""The library's front door: build, forget, verify, inspect and predict on one state dir.
+
+The CLI (and later the daemon) makes one call here per command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .builder import Change, cluster_fingerprint, materialize
+import numpy as np
+
+from .clustering import (
+    Partition,
+    build_partition,
+    clustering_sample,
+    hac_labels,
+    merge_heights,
+    remove_members,
+)
+from .config import Config
+from .data.sources import open_source
+from .data.store import Store
+from .errors import DataError, RegistryError
+from .ids import unit_interval
+from .model.backbone import Backbone, load_backbone
+from .model.features import ensure_features
+from .model.predictor import Predictor
+from .registry import Registry
+from .training.engine import configure_torch
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    version: int
+    forgotten: int
+    affected: list[str]
+    retrained: list[str]
+    reclustered: bool
+
+
+class Eraser:
+    def __init__(self, cfg: Config, backbone: Backbone | None = None):
+        self.cfg = cfg
+        configure_torch(cfg.runtime)
+        self.store = Store(cfg.state_dir)
+        self.registry = Registry(cfg.state_dir)
+        self._backbone = backbone
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Eraser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = load_backbone(self.cfg.backbone, self.cfg.runtime)
+        return self._backbone
+
+    def has_model(self) -> bool:
+        return self.registry.current() is not None
+
+    # ---- build ----------------------------------------------------------------------------
+
+    def ingest(self) -> int:
+        """Copy the configured source into the private store (once)."""
+        source = open_source(self.cfg.data)
+        cfg = self.cfg
+
+        def split_of(sample_id: str, subject_id: str | None) -> str:
+            unit = unit_interval(cfg.seed, "test-split", subject_id or f"sample:{sample_id}")
+            return "test" if unit < cfg.data.test_fraction else "train"
+
+        return self.store.ingest(source, split_of)
+
+    def build(self) -> dict:
+        """Build a version from scratch on the live store (ingesting first if empty)."""
+        if self.store.is_empty():
+            self.ingest()
+        train, test = self.store.rows("train"), self.store.rows("test")
+        if not train:
+            raise DataError("the store holds no training samples")
+        feats = ensure_features(self.store, self.backbone, train + test)
+        c = self.cfg.clustering
+        part = build_partition([r.sample_id for r in train], feats, self.cfg.seed,
+                               c.sample_size, c.distance_threshold, c.n_clusters)
+        manifest = materialize(self.cfg, self.store, self.registry, self.backbone, part,
+                               {r.sample_id: feats[r.sample_id] for r in test}, None,
+                               Change("build"))
+        self._publish(manifest)
+        return manifest
+
+    def _publish(self, manifest: dict) -> None:
+        sha = self.registry.write_version(manifest)
+        self.registry.swap(manifest["version"], sha)
+
+    # ---- forget ---------------------------------------------------------------------------
+
+    def current_partition(self, manifest: dict) -> Partition:
+        key_to_id = {r.key: r.sample_id for r in self.store.rows()}
+        members, sample = [], set()
+        for c in manifest["clusters"]:
+            blob = self.registry.get_json(c["members"], f"cluster {c['key']} members")
+            try:
+                members.append(tuple(sorted(key_to_id[k] for k in blob["members"])))
+                sample.update(key_to_id[k] for k in blob["sample"])
+            except KeyError:
+                raise RegistryError(f"cluster {c['key']}: membership names samples the store "
+                                    "no longer holds; run `eraserd build --force`") from None
+        protos = self.registry.get_tensors(manifest["prototypes"], "prototypes")["prototypes"]
+        return Partition(tuple(c["key"] for c in manifest["clusters"]),
+                         protos.numpy(), tuple(members), frozenset(sample))
+
+    def forget(self, sample_ids=(), subject_ids=()) -> ForgetResult:
+        """Exactly unlearn samples: retrain what they touched, then erase every trace."""
+        rows = self.store.resolve(sample_ids, subject_ids)  # unknown ids: raises, no change
+        manifest = self.registry.load()
+        old = self.current_partition(manifest)
+        gone = {r.sample_id for r in rows}
+        gone_train = {r.sample_id for r in rows if r.split == "train"}
+        live_train = [r for r in self.store.rows("train") if r.sample_id not in gone]
+        live_test = [r for r in self.store.rows("test") if r.sample_id not in gone]
+        if not live_train:
+            raise DataError("refusing to forget every training sample; nothing was changed")
+        recluster = bool(gone_train & old.sample) or (
+            manifest["cluster_fingerprint"] != cluster_fingerprint(self.cfg, self.backbone))
+        feats = ensure_features(self.store, self.backbone, live_test + (live_train if recluster
+                                                                         else []))
+        if recluster:
+            c = self.cfg.clustering
+            part = build_partition([r.sample_id for r in live_train], feats, self.cfg.seed,
+                                   c.sample_size, c.distance_threshold, c.n_clusters)
+        else:
+            part = remove_members(old, gone_train)
+        where = old.cluster_of()
+        affected = sorted({old.keys[where[i]] for i in gone_train})
+        manifest = materialize(self.cfg, self.store, self.registry, self.backbone, part,
+                               {r.sample_id: feats[r.sample_id] for r in live_test}, manifest,
+                               Change("forget", len(rows), recluster))
+        self._publish(manifest)
+        self.store.purge(rows, subject_ids)
+        self.registry.collect(manifest)
+        return ForgetResult(manifest["version"], len(rows), affected,
+                            manifest["change"]["retrained"], recluster)
+
+    # ---- verify ---------------------------------------------------------------------------
+
+    def verify(self) -> dict:
+        """Rebuild from scratch on the live data in a private temp dir and compare."""
+        current = self.registry.load()
+        self.check_blobs(current)
+        tmp = Path(tempfile.mkdtemp(prefix=".verify-", dir=self.cfg.state_dir))
+        try:
+            shutil.copy2(self.cfg.state_dir / "secret", tmp / "secret")
+            self.store.copy_live_to(tmp)
+            fresh_cfg = dataclasses.replace(self.cfg, state_dir=tmp)
+            with Eraser(fresh_cfg, backbone=self.backbone) as fresh:
+                rebuilt = fresh.build()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return compare_manifests(current, rebuilt)
+
+    def check_blobs(self, manifest: dict) -> None:
+        for digest in sorted(self.registry.referenced(manifest)):
+            self.registry.get_blob(digest)
+
+    # ---- inspect --------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        m = self.registry.load()
+        return {
+            "version": m["version"], "parent": m["parent"], "created_at": m["created_at"],
+            "backbone": m["backbone"], "classes": m["classes"],
+            "samples": m["samples"], "clusters": len(m["clusters"]),
+            "cluster_sizes": {c["key"]: c["size"] for c in m["clusters"]},
+            "accuracy": m["accuracy"], "change": m["change"],
+        }
+
+    def samples(self, cluster: str | None = None) -> list[dict]:
+        m = self.registry.load()
+        if cluster is not None and cluster not in {c["key"] for c in m["clusters"]}:
+            raise RegistryError(f"no cluster {cluster!r} in version {m['version']}")
+        part = self.current_partition(m)
+        where, out = part.cluster_of(), []
+        for r in self.store.rows():
+            key = part.keys[where[r.sample_id]] if r.sample_id in where else None
+            if cluster is None or key == cluster:
+                out.append({"sample_id": r.sample_id, "subject_id": r.subject_id,
+                            "split": r.split, "cluster": key,
+                            "in_clustering_sample": r.sample_id in part.sample})
+        return out
+
+    def threshold_table(self, points: int = 12) -> list[dict]:
+        """Cluster count and largest-cluster share of the sample at candidate thresholds."""
+        if self.store.is_empty():
+            self.ingest()
+        train = self.store.rows("train")
+        ids = clustering_sample([r.sample_id for r in train], self.cfg.seed,
+                                self.cfg.clustering.sample_size)
+        feats = ensure_features(self.store, self.backbone,
+                                [r for r in train if r.sample_id in set(ids)])
+        x = np.stack([feats[i] for i in ids])
+        heights = merge_heights(x)  # ascending; k clusters need k-1 heights above t
+        out = []
+        for k in _cluster_counts(len(ids), points):
+            if k >= len(ids):
+                t = float(heights[0] / 2)
+            elif k == 1:
+                t = float(heights[-1] * 1.05)
+            else:
+                t = float((heights[len(heights) - k] + heights[len(heights) - k + 1]) / 2)
+            labels = hac_labels(x, t, None)
+            sizes = np.bincount(labels)
+            out.append({"threshold": t, "clusters": int(sizes.size),
+                        "largest": int(sizes.max()), "smallest": int(sizes.min())})
+        return out
+
+    def predictor(self) -> Predictor:
+        return Predictor.load(self.registry, self.backbone)
+
+
+def _cluster_counts(n: int, points: int) -> list[int]:
+    """Roughly log-spaced cluster counts from 1 to n."""
+    counts = sorted({max(1, min(n, round(v))) for v in np.geomspace(1, n, points)})
+    return counts
+
+
+def compare_manifests(current: dict, rebuilt: dict) -> dict:
+    """Per-cluster differences between two versions; ``identical`` is the verdict."""
+    problems: list[str] = []
+    for field in ("backbone", "classes", "train_fingerprint", "cluster_fingerprint",
+                  "clustering", "prototypes"):
+        if current[field] != rebuilt[field]:
+            problems.append(f"{field} differs")
+    cur = {c["key"]: c for c in current["clusters"]}
+    new = {c["key"]: c for c in rebuilt["clusters"]}
+    clusters = {}
+    for key in sorted(set(cur) | set(new)):
+        a, b = cur.get(key), new.get(key)
+        if a is None or b is None:
+            clusters[key] = "only in " + ("rebuild" if a is None else "current")
+            continue
+        diffs = [f for f in ("members", "prompt", "head", "size") if a[f] != b[f]]
+        clusters[key] = "identical" if not diffs else "differs: " + ", ".join(diffs)
+    if [c["key"] for c in current["clusters"]] != [c["key"] for c in rebuilt["clusters"]]:
+        problems.append("cluster order differs")
+    ok = not problems and all(v == "identical" for v in clusters.values())
+    return {"identical": ok, "version": current["version"], "problems": problems,
+            "clusters": clusters, "accuracy": {"current": current["accuracy"],
+                                               "rebuilt": rebuilt["accuracy"]}}
+
