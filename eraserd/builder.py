@@ -34,7 +34,11 @@ class Change:
 
 
 def train_fingerprint(cfg: Config, backbone: Backbone, classes: list[str]) -> str:
-    return sha256_hex("|".join([cfg.section_hash("seed", "training", "prompt"),
+    """Everything besides membership that shapes a trained prompt/head, bit for bit.
+
+    ``runtime`` is included: thread count and device change floating-point results.
+    """
+    return sha256_hex("|".join([cfg.section_hash("seed", "training", "prompt", "runtime"),
                                 backbone.fingerprint, ",".join(classes)]).encode())
 
 

@@ -39,11 +39,11 @@ class DataConfig:
     """Allowed labels. Default: the labels found at ingest (folder names for a folder)."""
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.test_fraction < 1.0, "must be in [0, 1)")
-        _check(bool(self.source.strip()), "must not be empty")
+        _check(0.0 <= self.test_fraction < 1.0, "test_fraction must be in [0, 1)")
+        _check(bool(self.source.strip()), "source must not be empty")
         if self.classes is not None:
-            _check(len(self.classes) >= 2, "needs at least two classes")
-            _check(len(set(self.classes)) == len(self.classes), "holds duplicate classes")
+            _check(len(self.classes) >= 2, "classes needs at least two classes")
+            _check(len(set(self.classes)) == len(self.classes), "classes holds duplicates")
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ class BackboneConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name.strip()), "must not be empty")
-        _check(8 <= self.image_size <= 1024, "must be between 8 and 1024")
+        _check(bool(self.name.strip()), "name must not be empty")
+        _check(8 <= self.image_size <= 1024, "image_size must be between 8 and 1024")
         _check(all(s > 0 for s in self.std), "std values must be positive")
 
 
@@ -73,7 +73,7 @@ class ClusteringConfig:
     """Alternative to the threshold: cut the dendrogram into at most this many clusters."""
 
     def __post_init__(self) -> None:
-        _check(self.sample_size >= 1, "must be at least 1")
+        _check(self.sample_size >= 1, "sample_size must be at least 1")
         _check(
             (self.distance_threshold is None) != (self.n_clusters is None),
             "set exactly one of distance_threshold and n_clusters",
@@ -91,8 +91,8 @@ class PromptConfig:
     init_std: float = 0.01
 
     def __post_init__(self) -> None:
-        _check(self.width >= 1, "must be at least 1")
-        _check(self.init_std >= 0, "must not be negative")
+        _check(self.width >= 1, "width must be at least 1")
+        _check(self.init_std >= 0, "init_std must not be negative")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class AugmentConfig:
     hflip: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.crop_padding >= 0, "must not be negative")
+        _check(self.crop_padding >= 0, "crop_padding must not be negative")
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,8 @@ class RuntimeConfig:
     deterministic: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.device == "cpu" or self.device.startswith("cuda"), "must be cpu or cuda[:N]")
-        _check(self.num_threads >= 1, "must be at least 1")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu or cuda[:N]")
+        _check(self.num_threads >= 1, "num_threads must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(set(raw) - names, key=str)
     if unknown:
         key = f"{path}.{unknown[0]}" if path else str(unknown[0])
         raise ConfigError(f"{key}: unknown key (allowed: {', '.join(sorted(names))})")
@@ -250,19 +250,19 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         explicit = re.match(r"^([\w.]+): (.*)$", str(exc))
         if explicit:
             raise ConfigError(str(exc)) from None
-        bad = _blame(cls, kwargs, str(exc))
+        bad, message = _blame(cls, kwargs, str(exc))
         key = f"{path}.{bad}" if path and bad else (bad or where)
-        raise ConfigError(f"{key}: {exc}") from None
+        raise ConfigError(f"{key}: {message}") from None
 
 
-def _blame(cls: type, kwargs: dict[str, Any], message: str) -> str:
-    """Name the field a ``__post_init__`` check failed on, when the message does not."""
+def _blame(cls: type, kwargs: dict[str, Any], message: str) -> tuple[str, str]:
+    """Name the field a ``__post_init__`` check failed on: checks start with the field name."""
     for f in dataclasses.fields(cls):
         if message.startswith(f.name + " "):
-            return f.name
+            return f.name, message[len(f.name) + 1:]
     if len(kwargs) == 1:
-        return next(iter(kwargs))
-    return ""
+        return next(iter(kwargs)), message
+    return "", message
 
 
 def config_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Config:
@@ -274,7 +274,8 @@ def config_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Confi
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
-    state = cfg.state_dir if cfg.state_dir.is_absolute() else (base / cfg.state_dir)
+    state = cfg.state_dir.expanduser()
+    state = state if state.is_absolute() else base / state
     data = cfg.data
     if not data.source.startswith("builtin:"):
         src = Path(data.source).expanduser()

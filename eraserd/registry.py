@@ -141,6 +141,7 @@ class Registry:
 
     def collect(self, keep: dict) -> int:
         """Delete every version but ``keep`` and every blob it does not reference."""
+        self._ensure()
         removed = 0
         for v in self.list_versions():
             if v != keep["version"]:

@@ -124,6 +124,7 @@ class Eraser:
         """Exactly unlearn samples: retrain what they touched, then erase every trace."""
         rows = self.store.resolve(sample_ids, subject_ids)  # unknown ids: raises, no change
         manifest = self.registry.load()
+        self.check_blobs(manifest)  # never build a new version on top of a corrupt one
         old = self.current_partition(manifest)
         gone = {r.sample_id for r in rows}
         gone_train = {r.sample_id for r in rows if r.split == "train"}

@@ -1,0 +1,96 @@
+"""Shared fixtures: real digits written as PNG files, small but real configs, a real backbone.
+
+Nothing here is mocked: tests run the pretrained EfficientNet-Lite0 at a small image size, on
+real scikit-learn digits, with few epochs so the suite stays fast on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from eraserd.config import Config, config_from_dict
+from eraserd.model.backbone import load_backbone
+
+N_DIGITS = 240
+
+
+def digit_png(image: np.ndarray) -> bytes:
+    pixels = np.clip(np.rint(image * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory) -> Path:
+    """A folder of real digit PNGs plus ``manifest.csv`` with subjects (3 samples each)."""
+    root = tmp_path_factory.mktemp("digits")
+    d = load_digits()
+    rows = []
+    for i in range(N_DIGITS):
+        rel = f"img/{i:04d}.png"
+        (root / "img").mkdir(exist_ok=True)
+        (root / rel).write_bytes(digit_png(d.images[i]))
+        rows.append((f"s{i:04d}", rel, str(int(d.target[i])), f"subj{i // 3:03d}"))
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sample_id", "path", "label", "subject_id"])
+        w.writerows(rows)
+    return root
+
+
+def small_raw(state_dir: Path, source: Path | str, **sections) -> dict:
+    raw = {
+        "state_dir": str(state_dir),
+        "seed": 7,
+        "data": {"source": str(source), "test_fraction": 0.2},
+        "backbone": {"name": "efficientnet_lite0", "weights": "builtin:efficientnet_lite0",
+                     "image_size": 32},
+        "clustering": {"sample_size": 60, "n_clusters": 4, "distance_threshold": None},
+        "prompt": {"width": 4},
+        "training": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1,
+                     "augment": {"crop_padding": 2, "hflip": False}},
+        "runtime": {"device": "cpu", "num_threads": 2, "deterministic": True},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(raw.get(name), dict):
+            raw[name] = {**raw[name], **values}
+        else:
+            raw[name] = values
+    return raw
+
+
+@pytest.fixture
+def make_config(tmp_path, digits_data):
+    """Build a small, real config; keyword sections override the defaults above."""
+
+    def make(state: str = "state", source: Path | str | None = None, **sections) -> Config:
+        src = source if source is not None else digits_data / "manifest.csv"
+        return config_from_dict(small_raw(tmp_path / state, src, **sections))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def lite0_32():
+    """The real pretrained backbone, loaded once per session (it is frozen and read-only)."""
+    cfg = config_from_dict(small_raw(Path("unused"), "builtin:digits"))
+    return load_backbone(cfg.backbone, cfg.runtime)
+
+
+def tree_bytes(root: Path) -> list[tuple[Path, bytes]]:
+    """Every regular file under ``root`` with its bytes (SQLite side files included)."""
+    out = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            out.append((p, p.read_bytes()))
+    return out

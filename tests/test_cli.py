@@ -1,0 +1,154 @@
+"""The offline CLI through the real ``eraserd`` console script, and acceptance (c):
+clear errors with nothing changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import small_raw, tree_bytes
+
+ERASERD = str(Path(sys.executable).parent / "eraserd")
+
+
+def run(*args, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([ERASERD, *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"eraserd {args} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def snapshot(state: Path) -> dict[str, str]:
+    return {str(p.relative_to(state)): hashlib.sha256(d).hexdigest()
+            for p, d in tree_bytes(state)}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, digits_data):
+    """One real build through the CLI, shared read-only by the tests below (they copy it)."""
+    root = tmp_path_factory.mktemp("cli")
+    cfg = write_config(root / "config.yaml",
+                       small_raw(root / "state", digits_data / "manifest.csv"))
+    out = json.loads(run("build", "--config", cfg, "--json").stdout)
+    assert out["built"] and out["version"] == 1 and out["clusters"] >= 2
+    return root
+
+
+@pytest.fixture
+def copy(built, tmp_path, digits_data):
+    shutil.copytree(built / "state", tmp_path / "state")
+    return write_config(tmp_path / "config.yaml",
+                        small_raw(tmp_path / "state", digits_data / "manifest.csv"))
+
+
+@pytest.mark.slow
+def test_build_info_samples_predict_forget_verify(copy, digits_data):
+    again = json.loads(run("build", "--config", copy, "--if-missing", "--json").stdout)
+    assert again == {"built": False, "version": 1}
+    refused = run("build", "--config", copy, check=False)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+
+    info = json.loads(run("info", "--config", copy, "--json").stdout)
+    assert info["version"] == 1 and info["samples"]["train"] + info["samples"]["test"] == 240
+    assert sum(info["cluster_sizes"].values()) == info["samples"]["train"]
+    assert "accuracy" in run("info", "--config", copy).stdout
+
+    rows = json.loads(run("samples", "--config", copy, "--json").stdout)
+    assert len(rows) == 240
+    key = next(r["cluster"] for r in rows if r["cluster"])
+    only = json.loads(run("samples", "--config", copy, "--cluster", key, "--json").stdout)
+    assert only and all(r["cluster"] == key for r in only)
+
+    preds = json.loads(run("predict", "--config", copy, digits_data / "img/0000.png",
+                           digits_data / "img/0001.png", "--json").stdout)
+    assert [p["version"] for p in preds] == [1, 1]
+    assert all(p["cluster"] in info["cluster_sizes"] and p["label"] in info["classes"]
+               for p in preds)
+
+    ids = copy.parent / "ids.txt"
+    victim = next(r for r in rows if r["split"] == "train" and not r["in_clustering_sample"])
+    ids.write_text(f"# forget request\n{victim['sample_id']}\nsubject:subj010\n")
+    out = json.loads(run("forget", "--config", copy, "--from-file", ids, "--json").stdout)
+    assert out["version"] == 2 and out["forgotten"] == 4
+    report = json.loads(run("verify", "--config", copy, "--json").stdout)
+    assert report["identical"] and report["version"] == 2
+    assert "identical to a from-scratch rebuild" in run("verify", "--config", copy).stdout
+
+
+def test_thresholds_table(copy):
+    table = json.loads(run("thresholds", "--config", copy, "--points", "6", "--json").stdout)
+    counts = [t["clusters"] for t in table]
+    assert counts == sorted(counts) and counts[0] == 1 and counts[-1] == 60
+    assert all(t["smallest"] <= t["largest"] for t in table)
+
+
+def test_config_errors_name_the_key(tmp_path, digits_data):
+    raw = small_raw(tmp_path / "state", digits_data / "manifest.csv")
+    raw["training"]["epoch"] = 3
+    bad = run("build", "--config", write_config(tmp_path / "a.yaml", raw), check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("eraserd: error: training.epoch: unknown key")
+    raw = small_raw(tmp_path / "state", digits_data / "manifest.csv", seed="seven")
+    bad = run("build", "--config", write_config(tmp_path / "b.yaml", raw), check=False)
+    assert bad.returncode == 2 and "seed: expected an integer, got 'seven'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state").exists(), "a bad config must not create state"
+
+
+def test_missing_data_path(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", small_raw(tmp_path / "state", tmp_path / "nope"))
+    bad = run("build", "--config", cfg, "--json", check=False)
+    assert bad.returncode == 3
+    assert "path does not exist" in json.loads(bad.stdout)["error"]
+    assert not (tmp_path / "state" / "registry").exists()
+
+
+@pytest.mark.slow
+def test_unknown_or_forgotten_ids_change_nothing(copy):
+    state = copy.parent / "state"
+    before = snapshot(state)
+    bad = run("forget", "--config", copy, "--sample-id", "s0001", "--sample-id", "nobody",
+              check=False)
+    assert bad.returncode == 4
+    assert "unknown id(s): sample nobody; nothing was changed" in bad.stderr
+    assert snapshot(state) == before
+    run("forget", "--config", copy, "--subject-id", "subj002")
+    after = snapshot(state)
+    again = run("forget", "--config", copy, "--subject-id", "subj002", "--sample-id", "s0001",
+                check=False)
+    assert again.returncode == 4 and "already forgotten: subject subj002" in again.stderr
+    assert snapshot(state) == after
+    none = run("forget", "--config", copy, check=False)
+    assert none.returncode == 1 and "name at least one" in none.stderr
+
+
+@pytest.mark.slow
+def test_corrupt_blob_is_refused(copy, digits_data):
+    state = copy.parent / "state"
+    manifest = json.loads((state / "registry/versions/000001.json").read_text())
+    head = manifest["clusters"][0]["head"]
+    path = state / "registry/blobs" / head[:2] / f"{head}.bin"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    for args in (("predict", digits_data / "img/0000.png"), ("verify",)):
+        bad = run(*args, "--config", copy, check=False)
+        assert bad.returncode == 5, bad.stderr
+        assert f"blob {head[:12]} is corrupt (hash mismatch" in bad.stderr
+    bad = run("forget", "--config", copy, "--sample-id", "s0001", check=False)
+    assert bad.returncode == 5 and "corrupt" in bad.stderr
+    assert (state / "registry/CURRENT").read_text().split()[0] == "1"

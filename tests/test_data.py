@@ -1,0 +1,155 @@
+"""Private data sources and the store: all-or-nothing ingest with clear errors."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+
+from eraserd.config import DataConfig
+from eraserd.data.sources import open_source
+from eraserd.data.store import Store
+from eraserd.errors import DataError, UnknownIdError
+
+
+def all_train(sample_id, subject_id):
+    return "train"
+
+
+def assert_nothing_ingested(state) -> None:
+    with Store(state) as store:
+        assert store.is_empty()
+        assert store.rows() == []
+    assert list((state / "objects").iterdir()) == []
+    assert not (state / "staging").exists()
+
+
+def write_manifest(path, rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sample_id", "path", "label", "subject_id"])
+        w.writerows(rows)
+
+
+def test_builtin_digits_has_real_digits_and_subjects(tmp_path):
+    src = open_source(DataConfig(source="builtin:digits"))
+    samples = list(src.samples())
+    assert len(samples) == 1797 and src.classes == tuple(str(i) for i in range(10))
+    assert samples[0].sample_id == "digits-0000" and samples[0].subject_id == "subject-000"
+    assert samples[3].subject_id == "subject-001"
+    with Store(tmp_path / "s") as store:
+        n = store.ingest(src, all_train)
+        assert n == 1797 and len(store.rows()) == 1797
+        row = store.rows()[0]
+        assert store.read_object(row).startswith(b"\x89PNG")
+
+
+def test_image_folder_ids_are_relative_paths(tmp_path, digits_data):
+    root = tmp_path / "folder"
+    for i, label in enumerate(["3", "3", "7"]):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(digits_data / f"img/{i:04d}.png", root / label / f"x{i}.png")
+    (root / "7" / ".hidden").write_text("skip me")
+    src = open_source(DataConfig(source=str(root)))
+    assert src.classes == ("3", "7")
+    with Store(tmp_path / "s") as store:
+        store.ingest(src, all_train)
+        assert [r.sample_id for r in store.rows()] == ["3/x0.png", "3/x1.png", "7/x2.png"]
+        assert [r.label for r in store.rows()] == [0, 0, 1]
+
+
+def test_folder_with_loose_files_is_refused(tmp_path, digits_data):
+    root = tmp_path / "folder"
+    (root / "a").mkdir(parents=True)
+    shutil.copy(digits_data / "img/0000.png", root / "loose.png")
+    with pytest.raises(DataError, match="loose.png"):
+        open_source(DataConfig(source=str(root)))
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="path does not exist"):
+        open_source(DataConfig(source=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("duplicate", "duplicate sample id 'a'"),
+    ("missing", "file not found"),
+    ("unreadable", "not a readable image"),
+])
+def test_bad_samples_refuse_the_whole_ingest(tmp_path, digits_data, problem, expected):
+    good = str(digits_data / "img/0000.png")
+    rows = [("a", good, "1", "u1"), ("b", good, "2", "u1")]
+    if problem == "duplicate":
+        rows.append(("a", good, "1", "u2"))
+    elif problem == "missing":
+        rows.append(("c", str(tmp_path / "gone.png"), "1", "u2"))
+    else:
+        (tmp_path / "bad.png").write_bytes(b"not an image at all")
+        rows.append(("c", str(tmp_path / "bad.png"), "1", "u2"))
+    write_manifest(tmp_path / "m.csv", rows)
+    with Store(tmp_path / "s") as store, pytest.raises(DataError, match=expected) as err:
+        store.ingest(open_source(DataConfig(source=str(tmp_path / "m.csv"))), all_train)
+    assert "nothing was stored" in str(err.value)
+    assert_nothing_ingested(tmp_path / "s")
+
+
+def test_unknown_label_is_refused(tmp_path, digits_data):
+    good = str(digits_data / "img/0000.png")
+    write_manifest(tmp_path / "m.csv", [("a", good, "1", ""), ("b", good, "9", "")])
+    with pytest.raises(DataError, match="unknown label '9'"):
+        open_source(DataConfig(source=str(tmp_path / "m.csv"), classes=("1", "2")))
+
+
+def test_manifest_header_is_checked(tmp_path):
+    (tmp_path / "m.csv").write_text("id,file\nx,y\n")
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['sample_id', 'path', 'label'\]"):
+        open_source(DataConfig(source=str(tmp_path / "m.csv")))
+
+
+def test_split_is_by_subject_and_deterministic(tmp_path, digits_data):
+    from eraserd.service import Eraser
+
+    def split_rows(state):
+        from conftest import small_raw
+
+        from eraserd.config import config_from_dict
+        cfg = config_from_dict(small_raw(tmp_path / state, digits_data / "manifest.csv"))
+        with Eraser(cfg) as er:
+            er.ingest()
+            return {r.sample_id: (r.subject_id, r.split) for r in er.store.rows()}
+
+    a, b = split_rows("one"), split_rows("two")
+    assert a == b
+    test = [sid for sid, (_, split) in a.items() if split == "test"]
+    assert 0.1 < len(test) / len(a) < 0.3
+    by_subject: dict[str, set[str]] = {}
+    for subj, split in a.values():
+        by_subject.setdefault(subj, set()).add(split)
+    assert all(len(s) == 1 for s in by_subject.values()), "a subject straddles the split"
+
+
+def test_resolve_and_purge_and_tombstones(tmp_path, digits_data):
+    src = open_source(DataConfig(source=str(digits_data / "manifest.csv")))
+    state = tmp_path / "s"
+    with Store(state) as store:
+        store.ingest(src, all_train)
+        with pytest.raises(UnknownIdError, match="unknown id\\(s\\): sample nope") as err:
+            store.resolve(["s0000", "nope"])
+        assert err.value.unknown == ["sample nope"]
+        rows = store.resolve(["s0000"], ["subj001"])
+        assert [r.sample_id for r in rows] == ["s0000", "s0003", "s0004", "s0005"]
+        before = len(store.rows())
+        store.purge(rows, ["subj001"])
+        assert len(store.rows()) == before - 4
+        with pytest.raises(UnknownIdError, match="already forgotten: sample s0000, subject subj001"):
+            store.resolve(["s0000"], ["subj001"])
+        assert not any((state / "objects" / r.key).exists() for r in rows)
+    # Re-ingesting the same source into a store that remembers the tombstones is refused.
+    shutil.rmtree(state / "objects")
+    with Store(state) as store:
+        store._db.execute("DELETE FROM samples")
+        store._db.execute("DELETE FROM meta")
+        with pytest.raises(DataError, match="was forgotten and cannot be ingested again"):
+            store.ingest(src, all_train)
+        assert store.is_empty()

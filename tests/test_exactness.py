@@ -1,0 +1,121 @@
+"""Acceptance (a): forgetting equals a from-scratch build on the remaining data, bit for bit."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from eraserd.service import Eraser
+
+
+def write_manifest_without(src, dst, drop: set[str]) -> None:
+    with open(src) as f:
+        rows = list(csv.reader(f))
+    with open(dst, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(rows[0])
+        w.writerows(r if r[1].startswith("/") else [r[0], str(src.parent / r[1]), *r[2:]]
+                    for r in rows[1:] if r[0] not in drop)
+
+
+def membership(er: Eraser) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for s in er.samples():
+        if s["cluster"] is not None:
+            out.setdefault(s["cluster"], []).append(s["sample_id"])
+    return out
+
+
+def model_view(er: Eraser) -> dict:
+    """Everything that defines the model, in a form independent of the state dir's secret."""
+    m = er.registry.load()
+    return {
+        "keys": [c["key"] for c in m["clusters"]],
+        "prototypes": m["prototypes"],
+        "blobs": {c["key"]: (c["prompt"], c["head"]) for c in m["clusters"]},
+        "members": membership(er),
+        "in_sample": sorted(s["sample_id"] for s in er.samples() if s["in_clustering_sample"]),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clustering", [
+    {"n_clusters": 4, "distance_threshold": None},
+    {"n_clusters": None, "distance_threshold": 0.3},
+], ids=["n_clusters", "threshold"])
+def test_forget_equals_fresh_build(make_config, digits_data, tmp_path, lite0_32, clustering):
+    cfg = make_config("a", clustering=clustering)
+    with Eraser(cfg, backbone=lite0_32) as er:
+        er.build()
+        rows = er.samples()
+        sample_pt = next(r for r in rows if r["in_clustering_sample"])
+        other_pt = next(r for r in rows if r["split"] == "train" and not r["in_clustering_sample"])
+        gone = {sample_pt["sample_id"], other_pt["sample_id"]}
+        before = model_view(er)
+        assert len(before["keys"]) >= 2, "the test needs several clusters"
+        result = er.forget(sample_ids=sorted(gone))
+        assert result.reclustered
+        after = model_view(er)
+        report = er.verify()
+    assert report["identical"], report
+
+    write_manifest_without(digits_data / "manifest.csv", tmp_path / "rest.csv", gone)
+    fresh_cfg = make_config("b", source=tmp_path / "rest.csv", clustering=clustering)
+    with Eraser(fresh_cfg, backbone=lite0_32) as fresh:
+        fresh.build()
+        expected = model_view(fresh)
+    assert after == expected
+    assert not gone & {i for ids in after["members"].values() for i in ids}
+    assert after["in_sample"] != before["in_sample"], "a sample point left: the sample changed"
+
+
+@pytest.mark.slow
+def test_forget_non_sample_points_retrains_only_affected(make_config, lite0_32):
+    cfg = make_config("c")
+    with Eraser(cfg, backbone=lite0_32) as er:
+        er.build()
+        before = er.registry.load()
+        blob_bytes = {c["key"]: {f: er.registry.get_blob(c[f]) for f in ("prompt", "head",
+                                                                          "members")}
+                      for c in before["clusters"]}
+        rows = [r for r in er.samples() if r["split"] == "train" and not r["in_clustering_sample"]]
+        # Two points from one cluster and one from another: two affected clusters.
+        by_cluster: dict[str, list[str]] = {}
+        for r in rows:
+            by_cluster.setdefault(r["cluster"], []).append(r["sample_id"])
+        first, second = sorted(by_cluster, key=lambda k: -len(by_cluster[k]))[:2]
+        gone = by_cluster[first][:2] + by_cluster[second][:1]
+        result = er.forget(sample_ids=gone)
+        after = er.registry.load()
+
+        assert not result.reclustered
+        assert sorted(result.affected) == sorted([first, second])
+        assert sorted(result.retrained) == sorted([first, second])
+        assert after["change"]["reused"] == len(after["clusters"]) - 2
+        assert after["prototypes"] == before["prototypes"]
+        old = {c["key"]: c for c in before["clusters"]}
+        for c in after["clusters"]:
+            if c["key"] in (first, second):
+                assert c["members"] != old[c["key"]]["members"]
+                assert (c["prompt"], c["head"]) != (old[c["key"]]["prompt"], old[c["key"]]["head"])
+                assert c["size"] == old[c["key"]]["size"] - (2 if c["key"] == first else 1)
+            else:
+                assert {f: c[f] for f in ("members", "prompt", "head")} == \
+                    {f: old[c["key"]][f] for f in ("members", "prompt", "head")}
+                assert {f: er.registry.get_blob(c[f]) for f in ("prompt", "head", "members")} \
+                    == blob_bytes[c["key"]]
+        assert er.verify()["identical"]
+
+
+@pytest.mark.slow
+def test_verify_detects_a_model_that_is_not_a_fresh_build(make_config, lite0_32):
+    cfg = make_config("d")
+    with Eraser(cfg, backbone=lite0_32) as er:
+        er.build()
+    changed = make_config("d", training={"epochs": 3})
+    with Eraser(changed, backbone=lite0_32) as er:
+        report = er.verify()
+    assert not report["identical"]
+    assert report["problems"] == ["train_fingerprint differs"]
+    assert all(v == "differs: prompt, head" for v in report["clusters"].values())
