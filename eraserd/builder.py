@@ -38,13 +38,21 @@ def train_fingerprint(cfg: Config, backbone: Backbone, classes: list[str]) -> st
 
     ``runtime`` is included: thread count and device change floating-point results.
     """
-    return sha256_hex("|".join([cfg.section_hash("seed", "training", "prompt", "runtime"),
-                                backbone.fingerprint, ",".join(classes)]).encode())
+    return sha256_hex(
+        "|".join(
+            [
+                cfg.section_hash("seed", "training", "prompt", "runtime"),
+                backbone.fingerprint,
+                ",".join(classes),
+            ]
+        ).encode()
+    )
 
 
 def cluster_fingerprint(cfg: Config, backbone: Backbone) -> str:
-    return sha256_hex("|".join([cfg.section_hash("seed", "clustering"),
-                                backbone.fingerprint]).encode())
+    return sha256_hex(
+        "|".join([cfg.section_hash("seed", "clustering"), backbone.fingerprint]).encode()
+    )
 
 
 def config_hash(cfg: Config) -> str:
@@ -59,9 +67,16 @@ def load_views(store: Store, rows: list[SampleRow], size: int) -> torch.Tensor:
     return torch.stack([canonical_view(store.read_object(r), size) for r in rows])
 
 
-def materialize(cfg: Config, store: Store, registry: Registry, backbone: Backbone,
-                part: Partition, test_features: dict[str, np.ndarray],
-                previous: dict | None, change: Change) -> dict:
+def materialize(
+    cfg: Config,
+    store: Store,
+    registry: Registry,
+    backbone: Backbone,
+    part: Partition,
+    test_features: dict[str, np.ndarray],
+    previous: dict | None,
+    change: Change,
+) -> dict:
     """Write every blob of the new version and return its manifest (not yet current)."""
     started = time.perf_counter()
     classes = store.classes()
@@ -74,17 +89,21 @@ def materialize(cfg: Config, store: Store, registry: Registry, backbone: Backbon
     test_ids = sorted(test_features)
     routed: list[list[str]] = [[] for _ in part.keys]
     if test_ids:
-        for sid, k in zip(test_ids, nearest(np.stack([test_features[i] for i in test_ids]),
-                                            part.prototypes).tolist()):
+        for sid, k in zip(
+            test_ids,
+            nearest(np.stack([test_features[i] for i in test_ids]), part.prototypes).tolist(),
+        ):
             routed[k].append(sid)
 
     plans = []
     for k, key in enumerate(part.keys):
         members = part.members[k]
-        mblob = registry.put_json({
-            "members": sorted(by_id[i].key for i in members),
-            "sample": sorted(by_id[i].key for i in members if i in part.sample),
-        })
+        mblob = registry.put_json(
+            {
+                "members": sorted(by_id[i].key for i in members),
+                "sample": sorted(by_id[i].key for i in members if i in part.sample),
+            }
+        )
         test_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in routed[k])).encode())
         plans.append((k, key, members, mblob, test_hash, reusable.get(mblob)))
 
@@ -97,26 +116,40 @@ def materialize(cfg: Config, store: Store, registry: Registry, backbone: Backbon
                 prompt_h, head_h = old["prompt"], old["head"]
             else:
                 rows = [by_id[i] for i in members]
-                data = ClusterData(load_views(store, rows, backbone.image_size),
-                                   torch.tensor([r.label for r in rows], dtype=torch.int64),
-                                   member_seed(cfg.seed, members))
-                result = train_cluster(backbone, data, cfg.training, cfg.prompt, len(classes),
-                                       on_step=progress.update)
+                data = ClusterData(
+                    load_views(store, rows, backbone.image_size),
+                    torch.tensor([r.label for r in rows], dtype=torch.int64),
+                    member_seed(cfg.seed, members),
+                )
+                result = train_cluster(
+                    backbone, data, cfg.training, cfg.prompt, len(classes), on_step=progress.update
+                )
                 prompt_h = registry.put_tensors({"prompt": result.prompt})
                 head_h = registry.put_tensors({"weight": result.weight, "bias": result.bias})
                 retrained.append(key)
-            if old is not None and old["test_members"] == test_hash and \
-                    (old["prompt"], old["head"]) == (prompt_h, head_h):
+            if (
+                old is not None
+                and old["test_members"] == test_hash
+                and (old["prompt"], old["head"]) == (prompt_h, head_h)
+            ):
                 test_n, correct = old["test_n"], old["test_correct"]
             else:
-                test_n, correct = _evaluate(store, registry, backbone, prompt_h, head_h,
-                                            [by_id[i] for i in routed[k]])
-            clusters.append({
-                "key": key, "size": len(members),
-                "sample_count": sum(1 for i in members if i in part.sample),
-                "members": mblob, "prompt": prompt_h, "head": head_h,
-                "test_members": test_hash, "test_n": test_n, "test_correct": correct,
-            })
+                test_n, correct = _evaluate(
+                    store, registry, backbone, prompt_h, head_h, [by_id[i] for i in routed[k]]
+                )
+            clusters.append(
+                {
+                    "key": key,
+                    "size": len(members),
+                    "sample_count": sum(1 for i in members if i in part.sample),
+                    "members": mblob,
+                    "prompt": prompt_h,
+                    "head": head_h,
+                    "test_members": test_hash,
+                    "test_n": test_n,
+                    "test_correct": correct,
+                }
+            )
 
     protos_h = registry.put_tensors({"prototypes": torch.from_numpy(part.prototypes.copy())})
     test_n = sum(c["test_n"] for c in clusters)
@@ -138,20 +171,31 @@ def materialize(cfg: Config, store: Store, registry: Registry, backbone: Backbon
         "clusters": clusters,
         "samples": {"train": sum(c["size"] for c in clusters), "test": test_n},
         "accuracy": (sum(c["test_correct"] for c in clusters) / test_n) if test_n else None,
-        "change": {"kind": change.kind, "forgotten": change.forgotten,
-                   "reclustered": change.reclustered, "retrained": retrained,
-                   "reused": len(clusters) - len(retrained),
-                   "seconds": round(time.perf_counter() - started, 3)},
+        "change": {
+            "kind": change.kind,
+            "forgotten": change.forgotten,
+            "reclustered": change.reclustered,
+            "retrained": retrained,
+            "reused": len(clusters) - len(retrained),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
     }
 
 
-def _evaluate(store: Store, registry: Registry, backbone: Backbone, prompt_h: str,
-              head_h: str, rows: list[SampleRow]) -> tuple[int, int]:
+def _evaluate(
+    store: Store,
+    registry: Registry,
+    backbone: Backbone,
+    prompt_h: str,
+    head_h: str,
+    rows: list[SampleRow],
+) -> tuple[int, int]:
     if not rows:
         return 0, 0
     prompt = registry.get_tensors(prompt_h, "prompt")["prompt"]
     head = registry.get_tensors(head_h, "head")
-    preds = predict_batch(backbone, prompt, head["weight"], head["bias"],
-                          load_views(store, rows, backbone.image_size))
+    preds = predict_batch(
+        backbone, prompt, head["weight"], head["bias"], load_views(store, rows, backbone.image_size)
+    )
     labels = torch.tensor([r.label for r in rows])
     return len(rows), int((preds == labels).sum())

@@ -25,8 +25,14 @@ def _emit(as_json: bool, payload, text: str) -> None:
 def command(fn):
     """Shared options and error handling for every subcommand."""
 
-    @click.option("--config", "-c", "config_path", required=True,
-                  type=click.Path(dir_okay=False, path_type=Path), help="YAML config file.")
+    @click.option(
+        "--config",
+        "-c",
+        "config_path",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="YAML config file.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     @functools.wraps(fn)
     def wrapper(config_path: Path, as_json: bool, **kwargs):
@@ -70,19 +76,32 @@ def build(cfg, as_json: bool, if_missing: bool, force: bool) -> None:
         if er.has_model() and not force:
             if if_missing:
                 cur = er.registry.current()
-                _emit(as_json, {"version": cur[0], "built": False},
-                      f"model exists (version {cur[0]}); nothing to build")
+                _emit(
+                    as_json,
+                    {"version": cur[0], "built": False},
+                    f"model exists (version {cur[0]}); nothing to build",
+                )
                 return
-            raise_error("a model already exists; pass --force to rebuild from scratch, "
-                        "or --if-missing to skip")
+            raise_error(
+                "a model already exists; pass --force to rebuild from scratch, "
+                "or --if-missing to skip"
+            )
         m = er.build()
     acc = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.2%}"
-    _emit(as_json, {"version": m["version"], "built": True, "clusters": len(m["clusters"]),
-                    "samples": m["samples"], "accuracy": m["accuracy"],
-                    "seconds": m["change"]["seconds"]},
-          f"built version {m['version']}: {len(m['clusters'])} clusters, "
-          f"{m['samples']['train']} training samples, held-out accuracy {acc} "
-          f"({m['change']['seconds']:.1f}s)")
+    _emit(
+        as_json,
+        {
+            "version": m["version"],
+            "built": True,
+            "clusters": len(m["clusters"]),
+            "samples": m["samples"],
+            "accuracy": m["accuracy"],
+            "seconds": m["change"]["seconds"],
+        },
+        f"built version {m['version']}: {len(m['clusters'])} clusters, "
+        f"{m['samples']['train']} training samples, held-out accuracy {acc} "
+        f"({m['change']['seconds']:.1f}s)",
+    )
 
 
 def _read_ids(path: Path | None) -> tuple[list[str], list[str]]:
@@ -109,8 +128,11 @@ def _read_ids(path: Path | None) -> tuple[list[str], list[str]]:
 @main.command()
 @click.option("--sample-id", "sample_ids", multiple=True, help="A sample id (repeatable).")
 @click.option("--subject-id", "subject_ids", multiple=True, help="A subject id (repeatable).")
-@click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="File of ids, one per line: ID, sample:ID or subject:ID.")
+@click.option(
+    "--from-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File of ids, one per line: ID, sample:ID or subject:ID.",
+)
 @command
 def forget(cfg, as_json: bool, sample_ids, subject_ids, from_file) -> None:
     """Exactly unlearn samples and erase them from disk."""
@@ -120,11 +142,19 @@ def forget(cfg, as_json: bool, sample_ids, subject_ids, from_file) -> None:
         raise_error("name at least one --sample-id, --subject-id or --from-file")
     with _eraser(cfg) as er:
         r = er.forget(samples, subjects)
-    _emit(as_json, {"version": r.version, "forgotten": r.forgotten, "affected": r.affected,
-                    "retrained": r.retrained, "reclustered": r.reclustered},
-          f"forgot {r.forgotten} sample(s): version {r.version}, "
-          f"{len(r.affected)} affected cluster(s), {len(r.retrained)} retrained"
-          + (", reclustered" if r.reclustered else ""))
+    _emit(
+        as_json,
+        {
+            "version": r.version,
+            "forgotten": r.forgotten,
+            "affected": r.affected,
+            "retrained": r.retrained,
+            "reclustered": r.reclustered,
+        },
+        f"forgot {r.forgotten} sample(s): version {r.version}, "
+        f"{len(r.affected)} affected cluster(s), {len(r.retrained)} retrained"
+        + (", reclustered" if r.reclustered else ""),
+    )
 
 
 @main.command()
@@ -133,11 +163,16 @@ def verify(cfg, as_json: bool) -> None:
     """Rebuild from scratch on the live data and compare with CURRENT (exit 0 iff equal)."""
     with _eraser(cfg) as er:
         report = er.verify()
-    lines = [f"version {report['version']}: "
-             + ("identical to a from-scratch rebuild" if report["identical"] else "DIFFERS")]
+    lines = [
+        f"version {report['version']}: "
+        + ("identical to a from-scratch rebuild" if report["identical"] else "DIFFERS")
+    ]
     lines += [f"  {p}" for p in report["problems"]]
-    lines += [f"  cluster {k}: {v}" for k, v in report["clusters"].items()
-              if v != "identical" or not report["identical"]]
+    lines += [
+        f"  cluster {k}: {v}"
+        for k, v in report["clusters"].items()
+        if v != "identical" or not report["identical"]
+    ]
     _emit(as_json, report, "\n".join(lines))
     if not report["identical"]:
         sys.exit(1)
@@ -151,16 +186,18 @@ def info(cfg, as_json: bool) -> None:
         i = er.info()
     sizes = sorted(i["cluster_sizes"].values(), reverse=True)
     acc = "n/a" if i["accuracy"] is None else f"{i['accuracy']:.2%}"
-    text = "\n".join([
-        f"version:   {i['version']} (parent {i['parent']}, {i['created_at']})",
-        f"backbone:  {i['backbone']['name']} @ {i['backbone']['image_size']}px, "
-        f"weights sha256 {i['backbone']['weights_sha256'][:16]}",
-        f"samples:   {i['samples']['train']} train, {i['samples']['test']} held out",
-        f"clusters:  {i['clusters']} (sizes {sizes[:12]}{' ...' if len(sizes) > 12 else ''})",
-        f"accuracy:  {acc} on the held-out split",
-        f"last change: {i['change']['kind']}, {len(i['change']['retrained'])} cluster(s) "
-        f"trained, {i['change']['reused']} reused",
-    ])
+    text = "\n".join(
+        [
+            f"version:   {i['version']} (parent {i['parent']}, {i['created_at']})",
+            f"backbone:  {i['backbone']['name']} @ {i['backbone']['image_size']}px, "
+            f"weights sha256 {i['backbone']['weights_sha256'][:16]}",
+            f"samples:   {i['samples']['train']} train, {i['samples']['test']} held out",
+            f"clusters:  {i['clusters']} (sizes {sizes[:12]}{' ...' if len(sizes) > 12 else ''})",
+            f"accuracy:  {acc} on the held-out split",
+            f"last change: {i['change']['kind']}, {len(i['change']['retrained'])} cluster(s) "
+            f"trained, {i['change']['reused']} reused",
+        ]
+    )
     _emit(as_json, i, text)
 
 
@@ -171,15 +208,16 @@ def samples(cfg, as_json: bool, cluster) -> None:
     """List samples: id, subject, split, cluster, and whether in the clustering sample."""
     with _eraser(cfg) as er:
         rows = er.samples(cluster)
-    text = "\n".join(f"{r['sample_id']}\t{r['subject_id'] or '-'}\t{r['split']}\t"
-                     f"{r['cluster'] or '-'}\t{'sample' if r['in_clustering_sample'] else ''}"
-                     for r in rows)
+    text = "\n".join(
+        f"{r['sample_id']}\t{r['subject_id'] or '-'}\t{r['split']}\t"
+        f"{r['cluster'] or '-'}\t{'sample' if r['in_clustering_sample'] else ''}"
+        for r in rows
+    )
     _emit(as_json, rows, text)
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @command
 def predict(cfg, as_json: bool, images) -> None:
     """Classify image files with the current version."""
@@ -195,11 +233,24 @@ def predict(cfg, as_json: bool, images) -> None:
                 raise EraserdError(f"{path}: cannot read: {exc.strerror}") from None
             except ImageDecodeError as exc:
                 raise EraserdError(f"{path}: not a readable image ({exc})") from None
-            out.append({"image": str(path), "label": p.label, "cluster": p.cluster,
-                        "version": p.version, "probability": round(p.probability, 6)})
-    _emit(as_json, out, "\n".join(f"{o['image']}\t{o['label']}\tcluster {o['cluster']}\t"
-                                  f"version {o['version']}\tp={o['probability']:.3f}"
-                                  for o in out))
+            out.append(
+                {
+                    "image": str(path),
+                    "label": p.label,
+                    "cluster": p.cluster,
+                    "version": p.version,
+                    "probability": round(p.probability, 6),
+                }
+            )
+    _emit(
+        as_json,
+        out,
+        "\n".join(
+            f"{o['image']}\t{o['label']}\tcluster {o['cluster']}\t"
+            f"version {o['version']}\tp={o['probability']:.3f}"
+            for o in out
+        ),
+    )
 
 
 @main.command()
@@ -209,9 +260,14 @@ def thresholds(cfg, as_json: bool, points: int) -> None:
     """Cluster counts across distance thresholds, to pick one for a new backbone."""
     with _eraser(cfg) as er:
         table = er.threshold_table(points)
-    _emit(as_json, table, "threshold\tclusters\tlargest\tsmallest\n" + "\n".join(
-        f"{t['threshold']:.4g}\t{t['clusters']}\t{t['largest']}\t{t['smallest']}"
-        for t in table))
+    _emit(
+        as_json,
+        table,
+        "threshold\tclusters\tlargest\tsmallest\n"
+        + "\n".join(
+            f"{t['threshold']:.4g}\t{t['clusters']}\t{t['largest']}\t{t['smallest']}" for t in table
+        ),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,8 +38,9 @@ def clustering_sample(ids: list[str], seed: int, size: int) -> list[str]:
     return sorted(ids, key=lambda i: (rank(seed, "cluster-sample", i), i))[:size]
 
 
-def hac_labels(features: np.ndarray, distance_threshold: float | None,
-               n_clusters: int | None) -> np.ndarray:
+def hac_labels(
+    features: np.ndarray, distance_threshold: float | None, n_clusters: int | None
+) -> np.ndarray:
     """Average-linkage clustering labels (0-based) for rows of ``features``."""
     n = features.shape[0]
     if n == 1:
@@ -70,17 +71,22 @@ def nearest(features: np.ndarray, prototypes: np.ndarray, chunk: int = 2048) -> 
     p = prototypes.astype(np.float64)
     out = np.empty(f.shape[0], dtype=np.int64)
     for lo in range(0, f.shape[0], chunk):
-        block = f[lo:lo + chunk]
+        block = f[lo : lo + chunk]
         d = np.empty((block.shape[0], p.shape[0]))
         for k in range(p.shape[0]):
             d[:, k] = np.square(block - p[k]).sum(axis=1)
-        out[lo:lo + chunk] = np.argmin(d, axis=1)
+        out[lo : lo + chunk] = np.argmin(d, axis=1)
     return out
 
 
-def build_partition(ids: list[str], features: dict[str, np.ndarray], seed: int,
-                    sample_size: int, distance_threshold: float | None,
-                    n_clusters: int | None) -> Partition:
+def build_partition(
+    ids: list[str],
+    features: dict[str, np.ndarray],
+    seed: int,
+    sample_size: int,
+    distance_threshold: float | None,
+    n_clusters: int | None,
+) -> Partition:
     """Cluster the training ids from scratch (Algorithm 1)."""
     if not ids:
         raise ValueError("no training samples to cluster")
@@ -101,14 +107,16 @@ def build_partition(ids: list[str], features: dict[str, np.ndarray], seed: int,
         assigned = nearest(np.stack([features[i] for i in rest]), protos)
         for sid, k in zip(rest, assigned.tolist()):
             members[k].append(sid)
-    return Partition(keys, protos, tuple(tuple(sorted(m)) for m in members),
-                     frozenset(in_sample))
+    return Partition(keys, protos, tuple(tuple(sorted(m)) for m in members), frozenset(in_sample))
 
 
 def remove_members(part: Partition, removed: set[str]) -> Partition:
     """Drop non-sample ids from a partition: prototypes and keys stay as they are."""
     if removed & part.sample:
         raise ValueError("removing clustering-sample points requires reclustering")
-    return Partition(part.keys, part.prototypes,
-                     tuple(tuple(i for i in m if i not in removed) for m in part.members),
-                     part.sample)
+    return Partition(
+        part.keys,
+        part.prototypes,
+        tuple(tuple(i for i in m if i not in removed) for m in part.members),
+        part.sample,
+    )

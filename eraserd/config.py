@@ -119,7 +119,8 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs must be at least 1")
         _check(self.batch_size >= 1, "batch_size must be at least 1")
-        _check(self.prompt_lr >= 0 and self.head_lr >= 0, "learning rates must not be negative")
+        _check(self.prompt_lr >= 0, "prompt_lr must not be negative")
+        _check(self.head_lr >= 0, "head_lr must not be negative")
         _check(0 <= self.momentum < 1, "momentum must be in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay must not be negative")
         _check(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]")
@@ -133,7 +134,9 @@ class RuntimeConfig:
     deterministic: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu or cuda[:N]")
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu or cuda[:N]"
+        )
         _check(self.num_threads >= 1, "num_threads must be at least 1")
 
 
@@ -259,7 +262,7 @@ def _blame(cls: type, kwargs: dict[str, Any], message: str) -> tuple[str, str]:
     """Name the field a ``__post_init__`` check failed on: checks start with the field name."""
     for f in dataclasses.fields(cls):
         if message.startswith(f.name + " "):
-            return f.name, message[len(f.name) + 1:]
+            return f.name, message[len(f.name) + 1 :]
     if len(kwargs) == 1:
         return next(iter(kwargs)), message
     return "", message

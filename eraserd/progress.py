@@ -15,5 +15,12 @@ def set_enabled(on: bool) -> None:
 
 
 def bar(total: int, desc: str, unit: str = "it") -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                disable=(not _enabled) or total == 0 or None, leave=False)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=(not _enabled) or total == 0 or None,
+        leave=False,
+    )

@@ -56,11 +56,13 @@ class Registry:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise CorruptBlobError(f"{what}: blob {digest[:12]} is missing from "
-                                   f"{self.blobs}") from None
+            raise CorruptBlobError(
+                f"{what}: blob {digest[:12]} is missing from {self.blobs}"
+            ) from None
         if sha256_hex(data) != digest:
-            raise CorruptBlobError(f"{what}: blob {digest[:12]} is corrupt (hash mismatch "
-                                   f"in {path})")
+            raise CorruptBlobError(
+                f"{what}: blob {digest[:12]} is corrupt (hash mismatch in {path})"
+            )
         return data
 
     def put_tensors(self, tensors: dict[str, torch.Tensor]) -> str:
@@ -83,8 +85,9 @@ class Registry:
     def list_versions(self) -> list[int]:
         if not self.versions.exists():
             return []
-        return sorted(int(m.group(1)) for p in self.versions.iterdir()
-                      if (m := _VERSION_FILE.match(p.name)))
+        return sorted(
+            int(m.group(1)) for p in self.versions.iterdir() if (m := _VERSION_FILE.match(p.name))
+        )
 
     def next_version(self) -> int:
         known = self.list_versions()
@@ -124,8 +127,9 @@ class Registry:
         except FileNotFoundError:
             raise RegistryError(f"version {version} is missing: {path}") from None
         if cur is not None and cur[0] == version and sha256_hex(data) != cur[1]:
-            raise CorruptBlobError(f"version {version} manifest is corrupt (hash mismatch "
-                                   f"with CURRENT in {path})")
+            raise CorruptBlobError(
+                f"version {version} manifest is corrupt (hash mismatch with CURRENT in {path})"
+            )
         manifest = json.loads(data)
         if manifest.get("format") != FORMAT:
             raise RegistryError(f"{path}: unknown manifest format {manifest.get('format')!r}")

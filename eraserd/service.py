@@ -11,9 +11,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .builder import Change, cluster_fingerprint, materialize
 import numpy as np
 
+from .builder import Change, cluster_fingerprint, materialize
 from .clustering import (
     Partition,
     build_partition,
@@ -91,11 +91,24 @@ class Eraser:
             raise DataError("the store holds no training samples")
         feats = ensure_features(self.store, self.backbone, train + test)
         c = self.cfg.clustering
-        part = build_partition([r.sample_id for r in train], feats, self.cfg.seed,
-                               c.sample_size, c.distance_threshold, c.n_clusters)
-        manifest = materialize(self.cfg, self.store, self.registry, self.backbone, part,
-                               {r.sample_id: feats[r.sample_id] for r in test}, None,
-                               Change("build"))
+        part = build_partition(
+            [r.sample_id for r in train],
+            feats,
+            self.cfg.seed,
+            c.sample_size,
+            c.distance_threshold,
+            c.n_clusters,
+        )
+        manifest = materialize(
+            self.cfg,
+            self.store,
+            self.registry,
+            self.backbone,
+            part,
+            {r.sample_id: feats[r.sample_id] for r in test},
+            None,
+            Change("build"),
+        )
         self._publish(manifest)
         return manifest
 
@@ -114,11 +127,17 @@ class Eraser:
                 members.append(tuple(sorted(key_to_id[k] for k in blob["members"])))
                 sample.update(key_to_id[k] for k in blob["sample"])
             except KeyError:
-                raise RegistryError(f"cluster {c['key']}: membership names samples the store "
-                                    "no longer holds; run `eraserd build --force`") from None
+                raise RegistryError(
+                    f"cluster {c['key']}: membership names samples the store "
+                    "no longer holds; run `eraserd build --force`"
+                ) from None
         protos = self.registry.get_tensors(manifest["prototypes"], "prototypes")["prototypes"]
-        return Partition(tuple(c["key"] for c in manifest["clusters"]),
-                         protos.numpy(), tuple(members), frozenset(sample))
+        return Partition(
+            tuple(c["key"] for c in manifest["clusters"]),
+            protos.numpy(),
+            tuple(members),
+            frozenset(sample),
+        )
 
     def forget(self, sample_ids=(), subject_ids=()) -> ForgetResult:
         """Exactly unlearn samples: retrain what they touched, then erase every trace."""
@@ -133,25 +152,42 @@ class Eraser:
         if not live_train:
             raise DataError("refusing to forget every training sample; nothing was changed")
         recluster = bool(gone_train & old.sample) or (
-            manifest["cluster_fingerprint"] != cluster_fingerprint(self.cfg, self.backbone))
-        feats = ensure_features(self.store, self.backbone, live_test + (live_train if recluster
-                                                                         else []))
+            manifest["cluster_fingerprint"] != cluster_fingerprint(self.cfg, self.backbone)
+        )
+        feats = ensure_features(
+            self.store, self.backbone, live_test + (live_train if recluster else [])
+        )
         if recluster:
             c = self.cfg.clustering
-            part = build_partition([r.sample_id for r in live_train], feats, self.cfg.seed,
-                                   c.sample_size, c.distance_threshold, c.n_clusters)
+            part = build_partition(
+                [r.sample_id for r in live_train],
+                feats,
+                self.cfg.seed,
+                c.sample_size,
+                c.distance_threshold,
+                c.n_clusters,
+            )
         else:
             part = remove_members(old, gone_train)
         where = old.cluster_of()
-        affected = sorted({old.keys[where[i]] for i in gone_train})
-        manifest = materialize(self.cfg, self.store, self.registry, self.backbone, part,
-                               {r.sample_id: feats[r.sample_id] for r in live_test}, manifest,
-                               Change("forget", len(rows), recluster))
+        # A retry after a crash between swap and purge finds the ids already out of the model.
+        affected = sorted({old.keys[where[i]] for i in gone_train if i in where})
+        manifest = materialize(
+            self.cfg,
+            self.store,
+            self.registry,
+            self.backbone,
+            part,
+            {r.sample_id: feats[r.sample_id] for r in live_test},
+            manifest,
+            Change("forget", len(rows), recluster),
+        )
         self._publish(manifest)
         self.store.purge(rows, subject_ids)
         self.registry.collect(manifest)
-        return ForgetResult(manifest["version"], len(rows), affected,
-                            manifest["change"]["retrained"], recluster)
+        return ForgetResult(
+            manifest["version"], len(rows), affected, manifest["change"]["retrained"], recluster
+        )
 
     # ---- verify ---------------------------------------------------------------------------
 
@@ -179,11 +215,16 @@ class Eraser:
     def info(self) -> dict:
         m = self.registry.load()
         return {
-            "version": m["version"], "parent": m["parent"], "created_at": m["created_at"],
-            "backbone": m["backbone"], "classes": m["classes"],
-            "samples": m["samples"], "clusters": len(m["clusters"]),
+            "version": m["version"],
+            "parent": m["parent"],
+            "created_at": m["created_at"],
+            "backbone": m["backbone"],
+            "classes": m["classes"],
+            "samples": m["samples"],
+            "clusters": len(m["clusters"]),
             "cluster_sizes": {c["key"]: c["size"] for c in m["clusters"]},
-            "accuracy": m["accuracy"], "change": m["change"],
+            "accuracy": m["accuracy"],
+            "change": m["change"],
         }
 
     def samples(self, cluster: str | None = None) -> list[dict]:
@@ -195,9 +236,15 @@ class Eraser:
         for r in self.store.rows():
             key = part.keys[where[r.sample_id]] if r.sample_id in where else None
             if cluster is None or key == cluster:
-                out.append({"sample_id": r.sample_id, "subject_id": r.subject_id,
-                            "split": r.split, "cluster": key,
-                            "in_clustering_sample": r.sample_id in part.sample})
+                out.append(
+                    {
+                        "sample_id": r.sample_id,
+                        "subject_id": r.subject_id,
+                        "split": r.split,
+                        "cluster": key,
+                        "in_clustering_sample": r.sample_id in part.sample,
+                    }
+                )
         return out
 
     def threshold_table(self, points: int = 12) -> list[dict]:
@@ -205,10 +252,12 @@ class Eraser:
         if self.store.is_empty():
             self.ingest()
         train = self.store.rows("train")
-        ids = clustering_sample([r.sample_id for r in train], self.cfg.seed,
-                                self.cfg.clustering.sample_size)
-        feats = ensure_features(self.store, self.backbone,
-                                [r for r in train if r.sample_id in set(ids)])
+        ids = clustering_sample(
+            [r.sample_id for r in train], self.cfg.seed, self.cfg.clustering.sample_size
+        )
+        feats = ensure_features(
+            self.store, self.backbone, [r for r in train if r.sample_id in set(ids)]
+        )
         x = np.stack([feats[i] for i in ids])
         heights = merge_heights(x)  # ascending; k clusters need k-1 heights above t
         out = []
@@ -221,8 +270,14 @@ class Eraser:
                 t = float((heights[len(heights) - k] + heights[len(heights) - k + 1]) / 2)
             labels = hac_labels(x, t, None)
             sizes = np.bincount(labels)
-            out.append({"threshold": t, "clusters": int(sizes.size),
-                        "largest": int(sizes.max()), "smallest": int(sizes.min())})
+            out.append(
+                {
+                    "threshold": t,
+                    "clusters": int(sizes.size),
+                    "largest": int(sizes.max()),
+                    "smallest": int(sizes.min()),
+                }
+            )
         return out
 
     def predictor(self) -> Predictor:
@@ -238,8 +293,14 @@ def _cluster_counts(n: int, points: int) -> list[int]:
 def compare_manifests(current: dict, rebuilt: dict) -> dict:
     """Per-cluster differences between two versions; ``identical`` is the verdict."""
     problems: list[str] = []
-    for field in ("backbone", "classes", "train_fingerprint", "cluster_fingerprint",
-                  "clustering", "prototypes"):
+    for field in (
+        "backbone",
+        "classes",
+        "train_fingerprint",
+        "cluster_fingerprint",
+        "clustering",
+        "prototypes",
+    ):
         if current[field] != rebuilt[field]:
             problems.append(f"{field} differs")
     cur = {c["key"]: c for c in current["clusters"]}
@@ -255,7 +316,10 @@ def compare_manifests(current: dict, rebuilt: dict) -> dict:
     if [c["key"] for c in current["clusters"]] != [c["key"] for c in rebuilt["clusters"]]:
         problems.append("cluster order differs")
     ok = not problems and all(v == "identical" for v in clusters.values())
-    return {"identical": ok, "version": current["version"], "problems": problems,
-            "clusters": clusters, "accuracy": {"current": current["accuracy"],
-                                               "rebuilt": rebuilt["accuracy"]}}
-
+    return {
+        "identical": ok,
+        "version": current["version"],
+        "problems": problems,
+        "clusters": clusters,
+        "accuracy": {"current": current["accuracy"], "rebuilt": rebuilt["accuracy"]},
+    }

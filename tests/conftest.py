@@ -52,12 +52,19 @@ def small_raw(state_dir: Path, source: Path | str, **sections) -> dict:
         "state_dir": str(state_dir),
         "seed": 7,
         "data": {"source": str(source), "test_fraction": 0.2},
-        "backbone": {"name": "efficientnet_lite0", "weights": "builtin:efficientnet_lite0",
-                     "image_size": 32},
+        "backbone": {
+            "name": "efficientnet_lite0",
+            "weights": "builtin:efficientnet_lite0",
+            "image_size": 32,
+        },
         "clustering": {"sample_size": 60, "n_clusters": 4, "distance_threshold": None},
         "prompt": {"width": 4},
-        "training": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1,
-                     "augment": {"crop_padding": 2, "hflip": False}},
+        "training": {
+            "epochs": 2,
+            "batch_size": 16,
+            "warmup_epochs": 1,
+            "augment": {"crop_padding": 2, "hflip": False},
+        },
         "runtime": {"device": "cpu", "num_threads": 2, "deterministic": True},
     }
     for name, values in sections.items():

@@ -19,8 +19,7 @@ ERASERD = str(Path(sys.executable).parent / "eraserd")
 
 
 def run(*args, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([ERASERD, *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([ERASERD, *map(str, args)], capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"eraserd {args} failed ({proc.returncode}): {proc.stderr}")
     return proc
@@ -32,16 +31,16 @@ def write_config(path: Path, raw: dict) -> Path:
 
 
 def snapshot(state: Path) -> dict[str, str]:
-    return {str(p.relative_to(state)): hashlib.sha256(d).hexdigest()
-            for p, d in tree_bytes(state)}
+    return {str(p.relative_to(state)): hashlib.sha256(d).hexdigest() for p, d in tree_bytes(state)}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, digits_data):
     """One real build through the CLI, shared read-only by the tests below (they copy it)."""
     root = tmp_path_factory.mktemp("cli")
-    cfg = write_config(root / "config.yaml",
-                       small_raw(root / "state", digits_data / "manifest.csv"))
+    cfg = write_config(
+        root / "config.yaml", small_raw(root / "state", digits_data / "manifest.csv")
+    )
     out = json.loads(run("build", "--config", cfg, "--json").stdout)
     assert out["built"] and out["version"] == 1 and out["clusters"] >= 2
     return root
@@ -50,8 +49,9 @@ def built(tmp_path_factory, digits_data):
 @pytest.fixture
 def copy(built, tmp_path, digits_data):
     shutil.copytree(built / "state", tmp_path / "state")
-    return write_config(tmp_path / "config.yaml",
-                        small_raw(tmp_path / "state", digits_data / "manifest.csv"))
+    return write_config(
+        tmp_path / "config.yaml", small_raw(tmp_path / "state", digits_data / "manifest.csv")
+    )
 
 
 @pytest.mark.slow
@@ -72,11 +72,20 @@ def test_build_info_samples_predict_forget_verify(copy, digits_data):
     only = json.loads(run("samples", "--config", copy, "--cluster", key, "--json").stdout)
     assert only and all(r["cluster"] == key for r in only)
 
-    preds = json.loads(run("predict", "--config", copy, digits_data / "img/0000.png",
-                           digits_data / "img/0001.png", "--json").stdout)
+    preds = json.loads(
+        run(
+            "predict",
+            "--config",
+            copy,
+            digits_data / "img/0000.png",
+            digits_data / "img/0001.png",
+            "--json",
+        ).stdout
+    )
     assert [p["version"] for p in preds] == [1, 1]
-    assert all(p["cluster"] in info["cluster_sizes"] and p["label"] in info["classes"]
-               for p in preds)
+    assert all(
+        p["cluster"] in info["cluster_sizes"] and p["label"] in info["classes"] for p in preds
+    )
 
     ids = copy.parent / "ids.txt"
     victim = next(r for r in rows if r["split"] == "train" and not r["in_clustering_sample"])
@@ -120,15 +129,17 @@ def test_missing_data_path(tmp_path):
 def test_unknown_or_forgotten_ids_change_nothing(copy):
     state = copy.parent / "state"
     before = snapshot(state)
-    bad = run("forget", "--config", copy, "--sample-id", "s0001", "--sample-id", "nobody",
-              check=False)
+    bad = run(
+        "forget", "--config", copy, "--sample-id", "s0001", "--sample-id", "nobody", check=False
+    )
     assert bad.returncode == 4
     assert "unknown id(s): sample nobody; nothing was changed" in bad.stderr
     assert snapshot(state) == before
     run("forget", "--config", copy, "--subject-id", "subj002")
     after = snapshot(state)
-    again = run("forget", "--config", copy, "--subject-id", "subj002", "--sample-id", "s0001",
-                check=False)
+    again = run(
+        "forget", "--config", copy, "--subject-id", "subj002", "--sample-id", "s0001", check=False
+    )
     assert again.returncode == 4 and "already forgotten: subject subj002" in again.stderr
     assert snapshot(state) == after
     none = run("forget", "--config", copy, check=False)

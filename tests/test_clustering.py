@@ -119,7 +119,7 @@ def test_nearest_row_independent_and_matches_brute_force():
     p = rng.normal(size=(9, 16)).astype(np.float32)
     block = nearest(f, p)
     assert block.dtype == np.int64
-    one_by_one = np.array([nearest(f[i:i + 1], p)[0] for i in range(len(f))])
+    one_by_one = np.array([nearest(f[i : i + 1], p)[0] for i in range(len(f))])
     assert np.array_equal(block, one_by_one)
     assert np.array_equal(nearest(f, p, chunk=7), block)
     assert np.array_equal(nearest(f[::-1], p), block[::-1])
@@ -206,7 +206,7 @@ def test_exactness_in_miniature():
 
 def test_member_seed():
     s = member_seed(0, ["a", "b", "c"])
-    assert isinstance(s, int) and 0 <= s < 16 ** 15
+    assert isinstance(s, int) and 0 <= s < 16**15
     assert member_seed(0, ["c", "a", "b"]) == s
     assert member_seed(0, iter(["b", "c", "a"])) == s
     assert member_seed(0, ["a", "b"]) != s

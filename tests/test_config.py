@@ -41,7 +41,10 @@ def test_empty_dict_gives_documented_defaults():
     assert (t.momentum, t.weight_decay, t.warmup_epochs) == (0.9, 0.0, 1.0)
     assert (t.augment.crop_padding, t.augment.hflip) == (4, False)
     assert (cfg.runtime.device, cfg.runtime.num_threads, cfg.runtime.deterministic) == (
-        "cpu", 2, True)
+        "cpu",
+        2,
+        True,
+    )
     assert cfg == Config()
 
 
@@ -145,8 +148,10 @@ def test_relative_paths_resolve_against_config_dir(tmp_path):
     sub = tmp_path / "conf"
     sub.mkdir()
     path = sub / "c.yaml"
-    path.write_text("state_dir: st\ndata: {source: data/manifest.csv}\n"
-                    "backbone: {weights: w/lite0.safetensors}\n")
+    path.write_text(
+        "state_dir: st\ndata: {source: data/manifest.csv}\n"
+        "backbone: {weights: w/lite0.safetensors}\n"
+    )
     cfg = load_config(path)
     assert cfg.state_dir == (sub / "st").resolve()
     assert cfg.data.source == str(sub.resolve() / "data" / "manifest.csv")
@@ -159,22 +164,25 @@ def test_absolute_and_builtin_paths_untouched(tmp_path):
     cfg = config_from_dict(raw, base_dir=tmp_path / "base")
     assert cfg.data.source == str(abs_src)
     assert cfg.backbone.weights == BUILTIN_LITE0
-    cfg = config_from_dict({"data": {"source": BUILTIN_DIGITS}, "backbone": {"weights": None}},
-                           base_dir=tmp_path)
+    cfg = config_from_dict(
+        {"data": {"source": BUILTIN_DIGITS}, "backbone": {"weights": None}}, base_dir=tmp_path
+    )
     assert cfg.data.source == BUILTIN_DIGITS
     assert cfg.backbone.weights is None
 
 
 def test_to_dict_round_trips():
-    cfg = config_from_dict({
-        "seed": 5,
-        "data": {"source": "/abs/data", "classes": ["cat", "dog"]},
-        "backbone": {"mean": [0.5, 0.5, 0.5], "image_size": 32},
-        "clustering": {"distance_threshold": None, "n_clusters": 3},
-        "prompt": {"width": 4},
-        "training": {"epochs": 3, "augment": {"hflip": True}},
-        "runtime": {"device": "cuda:1", "num_threads": 4},
-    })
+    cfg = config_from_dict(
+        {
+            "seed": 5,
+            "data": {"source": "/abs/data", "classes": ["cat", "dog"]},
+            "backbone": {"mean": [0.5, 0.5, 0.5], "image_size": 32},
+            "clustering": {"distance_threshold": None, "n_clusters": 3},
+            "prompt": {"width": 4},
+            "training": {"epochs": 3, "augment": {"hflip": True}},
+            "runtime": {"device": "cuda:1", "num_threads": 4},
+        }
+    )
     plain = cfg.to_dict()
     assert plain["data"]["classes"] == ["cat", "dog"]
     assert plain["state_dir"] == "state"

@@ -72,11 +72,14 @@ def test_missing_data_path_is_a_clear_error(tmp_path):
         open_source(DataConfig(source=str(tmp_path / "nope")))
 
 
-@pytest.mark.parametrize("problem, expected", [
-    ("duplicate", "duplicate sample id 'a'"),
-    ("missing", "file not found"),
-    ("unreadable", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("duplicate", "duplicate sample id 'a'"),
+        ("missing", "file not found"),
+        ("unreadable", "not a readable image"),
+    ],
+)
 def test_bad_samples_refuse_the_whole_ingest(tmp_path, digits_data, problem, expected):
     good = str(digits_data / "img/0000.png")
     rows = [("a", good, "1", "u1"), ("b", good, "2", "u1")]
@@ -114,6 +117,7 @@ def test_split_is_by_subject_and_deterministic(tmp_path, digits_data):
         from conftest import small_raw
 
         from eraserd.config import config_from_dict
+
         cfg = config_from_dict(small_raw(tmp_path / state, digits_data / "manifest.csv"))
         with Eraser(cfg) as er:
             er.ingest()
@@ -142,7 +146,8 @@ def test_resolve_and_purge_and_tombstones(tmp_path, digits_data):
         before = len(store.rows())
         store.purge(rows, ["subj001"])
         assert len(store.rows()) == before - 4
-        with pytest.raises(UnknownIdError, match="already forgotten: sample s0000, subject subj001"):
+        forgotten = "already forgotten: sample s0000, subject subj001"
+        with pytest.raises(UnknownIdError, match=forgotten):
             store.resolve(["s0000"], ["subj001"])
         assert not any((state / "objects" / r.key).exists() for r in rows)
     # Re-ingesting the same source into a store that remembers the tombstones is refused.

@@ -25,8 +25,10 @@ def test_embedded_default_builds_accurately(tmp_path):
     with Eraser(cfg) as er:
         manifest = er.build()
     seconds = time.perf_counter() - start
-    print(f"embedded default: {len(manifest['clusters'])} clusters, "
-          f"accuracy {manifest['accuracy']:.4f}, build {seconds:.1f}s")
+    print(
+        f"embedded default: {len(manifest['clusters'])} clusters, "
+        f"accuracy {manifest['accuracy']:.4f}, build {seconds:.1f}s"
+    )
     assert manifest["samples"] == {"train": 1464, "test": 333}
     assert manifest["accuracy"] >= 0.90
     assert manifest["config"]["backbone"]["weights"] == "builtin:efficientnet_lite0"

@@ -15,8 +15,11 @@ def write_manifest_without(src, dst, drop: set[str]) -> None:
     with open(dst, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(rows[0])
-        w.writerows(r if r[1].startswith("/") else [r[0], str(src.parent / r[1]), *r[2:]]
-                    for r in rows[1:] if r[0] not in drop)
+        w.writerows(
+            r if r[1].startswith("/") else [r[0], str(src.parent / r[1]), *r[2:]]
+            for r in rows[1:]
+            if r[0] not in drop
+        )
 
 
 def membership(er: Eraser) -> dict[str, list[str]]:
@@ -40,10 +43,14 @@ def model_view(er: Eraser) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("clustering", [
-    {"n_clusters": 4, "distance_threshold": None},
-    {"n_clusters": None, "distance_threshold": 0.3},
-], ids=["n_clusters", "threshold"])
+@pytest.mark.parametrize(
+    "clustering",
+    [
+        {"n_clusters": 4, "distance_threshold": None},
+        {"n_clusters": None, "distance_threshold": 0.3},
+    ],
+    ids=["n_clusters", "threshold"],
+)
 def test_forget_equals_fresh_build(make_config, digits_data, tmp_path, lite0_32, clustering):
     cfg = make_config("a", clustering=clustering)
     with Eraser(cfg, backbone=lite0_32) as er:
@@ -76,9 +83,10 @@ def test_forget_non_sample_points_retrains_only_affected(make_config, lite0_32):
     with Eraser(cfg, backbone=lite0_32) as er:
         er.build()
         before = er.registry.load()
-        blob_bytes = {c["key"]: {f: er.registry.get_blob(c[f]) for f in ("prompt", "head",
-                                                                          "members")}
-                      for c in before["clusters"]}
+        blob_bytes = {
+            c["key"]: {f: er.registry.get_blob(c[f]) for f in ("prompt", "head", "members")}
+            for c in before["clusters"]
+        }
         rows = [r for r in er.samples() if r["split"] == "train" and not r["in_clustering_sample"]]
         # Two points from one cluster and one from another: two affected clusters.
         by_cluster: dict[str, list[str]] = {}
@@ -101,10 +109,12 @@ def test_forget_non_sample_points_retrains_only_affected(make_config, lite0_32):
                 assert (c["prompt"], c["head"]) != (old[c["key"]]["prompt"], old[c["key"]]["head"])
                 assert c["size"] == old[c["key"]]["size"] - (2 if c["key"] == first else 1)
             else:
-                assert {f: c[f] for f in ("members", "prompt", "head")} == \
-                    {f: old[c["key"]][f] for f in ("members", "prompt", "head")}
-                assert {f: er.registry.get_blob(c[f]) for f in ("prompt", "head", "members")} \
-                    == blob_bytes[c["key"]]
+                assert {f: c[f] for f in ("members", "prompt", "head")} == {
+                    f: old[c["key"]][f] for f in ("members", "prompt", "head")
+                }
+                assert {
+                    f: er.registry.get_blob(c[f]) for f in ("prompt", "head", "members")
+                } == blob_bytes[c["key"]]
         assert er.verify()["identical"]
 
 
@@ -119,3 +129,26 @@ def test_verify_detects_a_model_that_is_not_a_fresh_build(make_config, lite0_32)
     assert not report["identical"]
     assert report["problems"] == ["train_fingerprint differs"]
     assert all(v == "differs: prompt, head" for v in report["clusters"].values())
+
+
+@pytest.mark.slow
+def test_forget_retried_after_a_crash_before_purge(make_config, lite0_32):
+    """A forget interrupted after the swap but before the purge completes when retried."""
+    cfg = make_config("e")
+    with Eraser(cfg, backbone=lite0_32) as er:
+        er.build()
+        victim = next(r["sample_id"] for r in er.samples() if r["in_clustering_sample"])
+
+        def crash(*args, **kwargs):
+            raise KeyboardInterrupt("simulated crash")
+
+        er.store.purge = crash
+        with pytest.raises(KeyboardInterrupt):
+            er.forget(sample_ids=[victim])
+        assert er.registry.current()[0] == 2
+    with Eraser(cfg, backbone=lite0_32) as er:
+        assert victim in {r.sample_id for r in er.store.rows()}
+        result = er.forget(sample_ids=[victim])
+        assert result.affected == [] and result.retrained == []
+        assert victim not in {r.sample_id for r in er.store.rows()}
+        assert er.verify()["identical"]

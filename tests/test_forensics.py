@@ -57,5 +57,6 @@ def test_forget_leaves_no_trace_on_disk(make_config, digits_data, lite0_32):
         # Cached features are rows (split over SQLite overflow pages), so check them by key.
         assert er.store.cached_features(keys, lite0_32.fingerprint) == {}
         live = er.store.rows()
-        assert len(er.store.cached_features([r.key for r in live], lite0_32.fingerprint)) \
-            == len(live)
+        assert len(er.store.cached_features([r.key for r in live], lite0_32.fingerprint)) == len(
+            live
+        )

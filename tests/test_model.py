@@ -59,10 +59,15 @@ def test_checkpoint_files_safetensors_and_state_dict(tmp_path):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     save_file(state, str(tmp_path / "w.safetensors"))
     torch.save(state, tmp_path / "w.pth")
-    a = load_backbone(BackboneConfig(name="test_efficientnet",
-                                     weights=str(tmp_path / "w.safetensors"), image_size=32), RT)
-    b = load_backbone(BackboneConfig(name="test_efficientnet", weights=str(tmp_path / "w.pth"),
-                                     image_size=32), RT)
+    a = load_backbone(
+        BackboneConfig(
+            name="test_efficientnet", weights=str(tmp_path / "w.safetensors"), image_size=32
+        ),
+        RT,
+    )
+    b = load_backbone(
+        BackboneConfig(name="test_efficientnet", weights=str(tmp_path / "w.pth"), image_size=32), RT
+    )
     rnd = load_backbone(BackboneConfig(name="test_efficientnet", weights=None, image_size=32), RT)
     assert a.weights_sha256 == b.weights_sha256 != rnd.weights_sha256
     assert a.fingerprint == b.fingerprint
@@ -72,17 +77,20 @@ def test_bad_checkpoints_are_refused(tmp_path):
     # A pickle that needs an arbitrary global: weights_only loading must refuse it.
     torch.save({"x": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(ConfigError, match="weights_only"):
-        load_backbone(BackboneConfig(name="test_efficientnet",
-                                     weights=str(tmp_path / "evil.pth")), RT)
+        load_backbone(
+            BackboneConfig(name="test_efficientnet", weights=str(tmp_path / "evil.pth")), RT
+        )
     with pytest.raises(ConfigError, match="file not found"):
-        load_backbone(BackboneConfig(name="test_efficientnet",
-                                     weights=str(tmp_path / "none.pth")), RT)
+        load_backbone(
+            BackboneConfig(name="test_efficientnet", weights=str(tmp_path / "none.pth")), RT
+        )
     with pytest.raises(ConfigError, match="timm has no model named"):
         load_backbone(BackboneConfig(name="no_such_net", weights=None), RT)
     torch.save({"w": torch.zeros(2)}, tmp_path / "wrong.pth")
     with pytest.raises(ConfigError, match="does not fit test_efficientnet"):
-        load_backbone(BackboneConfig(name="test_efficientnet",
-                                     weights=str(tmp_path / "wrong.pth")), RT)
+        load_backbone(
+            BackboneConfig(name="test_efficientnet", weights=str(tmp_path / "wrong.pth")), RT
+        )
 
 
 def test_canonical_feature_is_batch_one_and_repeatable(lite0_32):
@@ -107,8 +115,11 @@ def test_augment_is_seeded_and_keeps_shape():
 
 def _cluster(seed: int, n: int = 12) -> ClusterData:
     g = torch.Generator().manual_seed(0)
-    return ClusterData(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-                       torch.arange(n) % 3, seed)
+    return ClusterData(
+        torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+        torch.arange(n) % 3,
+        seed,
+    )
 
 
 def test_training_is_bitwise_reproducible_and_seed_dependent(lite0_32):

@@ -27,9 +27,11 @@ def manifest(reg: Registry, version: int, tag: str) -> dict:
         "version": version,
         "prototypes": reg.put_blob(f"{tag}-protos".encode()),
         "clusters": [
-            {"members": reg.put_json({"ids": [f"{tag}-a"]}),
-             "prompt": reg.put_tensors({"p": torch.full((2, 2), float(version))}),
-             "head": reg.put_blob(f"{tag}-head".encode())},
+            {
+                "members": reg.put_json({"ids": [f"{tag}-a"]}),
+                "prompt": reg.put_tensors({"p": torch.full((2, 2), float(version))}),
+                "head": reg.put_blob(f"{tag}-head".encode()),
+            },
         ],
     }
 
@@ -186,8 +188,13 @@ def test_collect_keeps_only_referenced(tmp_path):
     reg.swap(1, reg.write_version(m1))
     m2 = manifest(reg, 2, "v2")
     shared = m1["clusters"][0]["head"]
-    m2["clusters"].append({"members": m1["clusters"][0]["members"],
-                           "prompt": m1["clusters"][0]["prompt"], "head": shared})
+    m2["clusters"].append(
+        {
+            "members": m1["clusters"][0]["members"],
+            "prompt": m1["clusters"][0]["prompt"],
+            "head": shared,
+        }
+    )
     reg.swap(2, reg.write_version(m2))
     orphan = reg.put_blob(b"nobody refers to me")
     keep_refs = reg.referenced(m2)

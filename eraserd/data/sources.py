@@ -128,8 +128,10 @@ def _manifest(path: Path, cfg: DataConfig) -> Source:
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in _REQUIRED if c not in header]
     if missing:
-        raise DataError(f"{path}: manifest header lacks column(s) {missing}; "
-                        "expected sample_id,path,label[,subject_id]")
+        raise DataError(
+            f"{path}: manifest header lacks column(s) {missing}; "
+            "expected sample_id,path,label[,subject_id]"
+        )
     extra = sorted(set(header) - set(_REQUIRED) - {"subject_id"})
     if extra:
         raise DataError(f"{path}: unknown manifest column(s) {extra}")
@@ -144,8 +146,10 @@ def _manifest(path: Path, cfg: DataConfig) -> Source:
     if cfg.classes is not None:
         for lineno, row in rows:
             if row["label"] not in cfg.classes:
-                raise DataError(f"{path}:{lineno}: unknown label {row['label']!r} "
-                                f"(data.classes: {list(cfg.classes)})")
+                raise DataError(
+                    f"{path}:{lineno}: unknown label {row['label']!r} "
+                    f"(data.classes: {list(cfg.classes)})"
+                )
         classes = tuple(cfg.classes)
     else:
         classes = tuple(labels)
@@ -156,8 +160,11 @@ def _manifest(path: Path, cfg: DataConfig) -> Source:
             file = Path(row["path"])
             file = file if file.is_absolute() else base / file
             yield SourceSample(
-                row["sample_id"], row.get("subject_id") or None, row["label"],
-                file.read_bytes, f"{path}:{lineno} ({file})",
+                row["sample_id"],
+                row.get("subject_id") or None,
+                row["label"],
+                file.read_bytes,
+                f"{path}:{lineno} ({file})",
             )
 
     return Source(f"manifest {path}", classes, samples)

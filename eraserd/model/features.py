@@ -12,8 +12,9 @@ from .backbone import Backbone
 _FLUSH_EVERY = 256
 
 
-def ensure_features(store: Store, backbone: Backbone, rows: list[SampleRow],
-                    desc: str = "features") -> dict[str, np.ndarray]:
+def ensure_features(
+    store: Store, backbone: Backbone, rows: list[SampleRow], desc: str = "features"
+) -> dict[str, np.ndarray]:
     """Features by sample id; missing ones are computed one sample at a time and cached."""
     fp = backbone.fingerprint
     cached = store.cached_features([r.key for r in rows], fp)

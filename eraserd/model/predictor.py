@@ -26,8 +26,15 @@ class Prediction:
 class Predictor:
     """An immutable snapshot of one version: swapping versions means building a new one."""
 
-    def __init__(self, backbone: Backbone, manifest: dict, prototypes: torch.Tensor,
-                 prompts: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor):
+    def __init__(
+        self,
+        backbone: Backbone,
+        manifest: dict,
+        prototypes: torch.Tensor,
+        prompts: torch.Tensor,
+        weights: torch.Tensor,
+        biases: torch.Tensor,
+    ):
         self.backbone = backbone
         self.version = manifest["version"]
         self.classes = list(manifest["classes"])
@@ -36,23 +43,31 @@ class Predictor:
         self.prompts, self.weights, self.biases = prompts, weights, biases
 
     @classmethod
-    def load(cls, registry: Registry, backbone: Backbone, version: int | None = None
-             ) -> Predictor:
+    def load(cls, registry: Registry, backbone: Backbone, version: int | None = None) -> Predictor:
         m = registry.load(version)
         if m["backbone"]["fingerprint"] != backbone.fingerprint:
-            raise RegistryError(f"version {m['version']} was built with another backbone "
-                                f"({m['backbone']['name']}); rebuild or fix backbone config")
+            raise RegistryError(
+                f"version {m['version']} was built with another backbone "
+                f"({m['backbone']['name']}); rebuild or fix backbone config"
+            )
         protos = registry.get_tensors(m["prototypes"], "prototypes")["prototypes"]
         prompts, weights, biases = [], [], []
         for c in m["clusters"]:
-            prompts.append(registry.get_tensors(c["prompt"], f"cluster {c['key']} prompt")
-                           ["prompt"])
+            prompts.append(
+                registry.get_tensors(c["prompt"], f"cluster {c['key']} prompt")["prompt"]
+            )
             head = registry.get_tensors(c["head"], f"cluster {c['key']} head")
             weights.append(head["weight"])
             biases.append(head["bias"])
         dev = backbone.device
-        return cls(backbone, m, protos, torch.stack(prompts).to(dev),
-                   torch.stack(weights).to(dev), torch.stack(biases).to(dev))
+        return cls(
+            backbone,
+            m,
+            protos,
+            torch.stack(prompts).to(dev),
+            torch.stack(weights).to(dev),
+            torch.stack(biases).to(dev),
+        )
 
     @torch.no_grad()
     def predict_bytes(self, data: bytes) -> Prediction:
@@ -62,5 +77,4 @@ class Predictor:
         logits = F.linear(self.backbone.model(x), self.weights[k], self.biases[k])[0]
         probs = logits.float().softmax(0)
         idx = int(probs.argmax())
-        return Prediction(self.classes[idx], idx, self.keys[k], self.version,
-                          float(probs[idx]))
+        return Prediction(self.classes[idx], idx, self.keys[k], self.version, float(probs[idx]))

@@ -8,7 +8,7 @@ import torch
 def border_mask(size: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """[1, 1, size, size] float mask: 1 on the ``width``-pixel border, 0 inside."""
     mask = torch.ones(1, 1, size, size, device=device)
-    mask[..., width:size - width, width:size - width] = 0
+    mask[..., width : size - width, width : size - width] = 0
     return mask
 
 

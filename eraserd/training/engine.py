@@ -55,8 +55,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
 
 
-def augment(images: torch.Tensor, gen: torch.Generator, padding: int, hflip: bool
-            ) -> torch.Tensor:
+def augment(images: torch.Tensor, gen: torch.Generator, padding: int, hflip: bool) -> torch.Tensor:
     """Random translation (zero padding, then crop) and optional horizontal flip."""
     n, _, h, w = images.shape
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen) if padding else None
@@ -64,16 +63,23 @@ def augment(images: torch.Tensor, gen: torch.Generator, padding: int, hflip: boo
     out = images
     if padding:
         padded = F.pad(images, (padding, padding, padding, padding))
-        out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
-                           for i, (dy, dx) in enumerate(offsets.tolist())])
+        out = torch.stack(
+            [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
+        )
     if flips is not None and bool(flips.any()):
         out = out.clone()
         out[flips] = out[flips].flip(-1)
     return out
 
 
-def _init_params(gen: torch.Generator, size: int, num_classes: int, num_features: int,
-                 pcfg: PromptConfig, mask: torch.Tensor):
+def _init_params(
+    gen: torch.Generator,
+    size: int,
+    num_classes: int,
+    num_features: int,
+    pcfg: PromptConfig,
+    mask: torch.Tensor,
+):
     prompt = torch.randn(3, size, size, generator=gen) * pcfg.init_std * mask[0].cpu()
     bound = 1.0 / math.sqrt(num_features)
     weight = (torch.rand(num_classes, num_features, generator=gen) * 2 - 1) * bound
@@ -81,9 +87,14 @@ def _init_params(gen: torch.Generator, size: int, num_classes: int, num_features
     return prompt, weight, bias
 
 
-def train_cluster(backbone: Backbone, data: ClusterData, tcfg: TrainingConfig,
-                  pcfg: PromptConfig, num_classes: int,
-                  on_step: Callable[[int], None] | None = None) -> TrainedCluster:
+def train_cluster(
+    backbone: Backbone,
+    data: ClusterData,
+    tcfg: TrainingConfig,
+    pcfg: PromptConfig,
+    num_classes: int,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainedCluster:
     start = time.perf_counter()
     device = backbone.device
     n, size = data.images.shape[0], backbone.image_size
@@ -96,9 +107,12 @@ def train_cluster(backbone: Backbone, data: ClusterData, tcfg: TrainingConfig,
     weight = w0.to(device).requires_grad_(True)
     bias = b0.to(device).requires_grad_(True)
     opt = torch.optim.SGD(
-        [{"params": [prompt], "lr": tcfg.prompt_lr, "base_lr": tcfg.prompt_lr},
-         {"params": [weight, bias], "lr": tcfg.head_lr, "base_lr": tcfg.head_lr}],
-        momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
+        [
+            {"params": [prompt], "lr": tcfg.prompt_lr, "base_lr": tcfg.prompt_lr},
+            {"params": [weight, bias], "lr": tcfg.head_lr, "base_lr": tcfg.head_lr},
+        ],
+        momentum=tcfg.momentum,
+        weight_decay=tcfg.weight_decay,
     )
     per_epoch = math.ceil(n / tcfg.batch_size)
     total = per_epoch * tcfg.epochs
@@ -108,7 +122,7 @@ def train_cluster(backbone: Backbone, data: ClusterData, tcfg: TrainingConfig,
     for _ in range(tcfg.epochs):
         order = torch.randperm(n, generator=gen)
         for lo in range(0, n, tcfg.batch_size):
-            idx = order[lo:lo + tcfg.batch_size]
+            idx = order[lo : lo + tcfg.batch_size]
             views = augment(data.images[idx], gen, tcfg.augment.crop_padding, tcfg.augment.hflip)
             x = apply_prompt(backbone.normalize(views), prompt, mask)
             logits = F.linear(backbone.model(x), weight, bias)
@@ -124,18 +138,29 @@ def train_cluster(backbone: Backbone, data: ClusterData, tcfg: TrainingConfig,
                 on_step(len(idx))
     with torch.no_grad():
         final_prompt = (prompt * mask[0]).detach().cpu().contiguous()
-    return TrainedCluster(final_prompt, weight.detach().cpu().contiguous(),
-                          bias.detach().cpu().contiguous(), step, time.perf_counter() - start)
+    return TrainedCluster(
+        final_prompt,
+        weight.detach().cpu().contiguous(),
+        bias.detach().cpu().contiguous(),
+        step,
+        time.perf_counter() - start,
+    )
 
 
 @torch.no_grad()
-def predict_batch(backbone: Backbone, prompt: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def predict_batch(
+    backbone: Backbone,
+    prompt: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    images: torch.Tensor,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Predicted class indices of canonical views under one cluster's prompt and head."""
     device = backbone.device
     prompt, weight, bias = prompt.to(device), weight.to(device), bias.to(device)
     out = []
     for lo in range(0, images.shape[0], batch_size):
-        x = backbone.normalize(images[lo:lo + batch_size]) + prompt
+        x = backbone.normalize(images[lo : lo + batch_size]) + prompt
         out.append(F.linear(backbone.model(x), weight, bias).argmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
