@@ -51,7 +51,7 @@ def train_fingerprint(cfg: Config, backbone: Backbone, classes: list[str]) -> st
 
 def cluster_fingerprint(cfg: Config, backbone: Backbone) -> str:
     return sha256_hex(
-        "|".join([cfg.section_hash("seed", "clustering"), backbone.fingerprint]).encode()
+        "|".join([cfg.section_hash("seed", "clustering", "runtime"), backbone.fingerprint]).encode()
     )
 
 

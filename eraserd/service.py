@@ -30,6 +30,7 @@ from .ids import unit_interval
 from .model.backbone import Backbone, load_backbone
 from .model.features import ensure_features
 from .model.predictor import Predictor
+from .progress import bar
 from .registry import Registry
 from .training.engine import configure_torch
 
@@ -80,7 +81,8 @@ class Eraser:
             unit = unit_interval(cfg.seed, "test-split", subject_id or f"sample:{sample_id}")
             return "test" if unit < cfg.data.test_fraction else "train"
 
-        return self.store.ingest(source, split_of)
+        with bar(total=None, desc="ingest", unit="img") as progress:
+            return self.store.ingest(source, split_of, progress=progress.update)
 
     def build(self) -> dict:
         """Build a version from scratch on the live store (ingesting first if empty)."""

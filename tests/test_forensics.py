@@ -24,7 +24,7 @@ def test_forget_leaves_no_trace_on_disk(make_config, digits_data, lite0_32):
         raw = {v["sample_id"]: er.store.read_object(store_rows[v["sample_id"]]) for v in victims}
         views = {sid: canonical_view(b, 32).numpy().tobytes() for sid, b in raw.items()}
         keys = [store_rows[sid].key for sid in raw]
-        assert len(er.store.cached_features(keys, lite0_32.fingerprint)) == 3
+        assert len(er.store.cached_features(keys, lite0_32.feature_key)) == 3
         old_blobs = {p.name for p, _ in tree_bytes(cfg.state_dir / "registry" / "blobs")}
         # Sanity: before forgetting, the search does find the traces it looks for.
         everything = b"".join(data for _, data in tree_bytes(cfg.state_dir))
@@ -55,8 +55,8 @@ def test_forget_leaves_no_trace_on_disk(make_config, digits_data, lite0_32):
         assert er.registry.list_versions() == [m["version"]]
         assert old_blobs - now, "retrained blobs should have replaced some old ones"
         # Cached features are rows (split over SQLite overflow pages), so check them by key.
-        assert er.store.cached_features(keys, lite0_32.fingerprint) == {}
+        assert er.store.cached_features(keys, lite0_32.feature_key) == {}
         live = er.store.rows()
-        assert len(er.store.cached_features([r.key for r in live], lite0_32.fingerprint)) == len(
+        assert len(er.store.cached_features([r.key for r in live], lite0_32.feature_key)) == len(
             live
         )

@@ -25,6 +25,13 @@ class Backbone:
     mean: torch.Tensor
     std: torch.Tensor
     device: torch.device
+    numerics: str = ""
+    """Runtime settings that change floating-point results (device, threads, determinism)."""
+
+    @property
+    def feature_key(self) -> str:
+        """Cache key of a computed feature: the backbone plus the numerics it ran with."""
+        return hashlib.sha256(f"{self.fingerprint}|{self.numerics}".encode()).hexdigest()
 
     @property
     def fingerprint(self) -> str:
@@ -157,6 +164,15 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
     model.to(device)
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    numerics = f"{runtime.device}|threads={runtime.num_threads}|det={runtime.deterministic}"
     return Backbone(
-        model, cfg.name, digest, int(model.num_features), cfg.image_size, mean, std, device
+        model,
+        cfg.name,
+        digest,
+        int(model.num_features),
+        cfg.image_size,
+        mean,
+        std,
+        device,
+        numerics,
     )

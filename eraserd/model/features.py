@@ -16,7 +16,7 @@ def ensure_features(
     store: Store, backbone: Backbone, rows: list[SampleRow], desc: str = "features"
 ) -> dict[str, np.ndarray]:
     """Features by sample id; missing ones are computed one sample at a time and cached."""
-    fp = backbone.fingerprint
+    fp = backbone.feature_key
     cached = store.cached_features([r.key for r in rows], fp)
     out = {r.sample_id: cached[r.key] for r in rows if r.key in cached}
     missing = [r for r in rows if r.key not in cached]
