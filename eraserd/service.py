@@ -24,7 +24,7 @@ from .clustering import (
 )
 from .config import Config
 from .data.sources import open_source
-from .data.store import Store
+from .data.store import SampleRow, Store
 from .errors import DataError, RegistryError
 from .ids import unit_interval
 from .model.backbone import Backbone, load_backbone
@@ -92,15 +92,7 @@ class Eraser:
         if not train:
             raise DataError("the store holds no training samples")
         feats = ensure_features(self.store, self.backbone, train + test)
-        c = self.cfg.clustering
-        part = build_partition(
-            [r.sample_id for r in train],
-            feats,
-            self.cfg.seed,
-            c.sample_size,
-            c.distance_threshold,
-            c.n_clusters,
-        )
+        part = self._cluster(train, feats)
         manifest = materialize(
             self.cfg,
             self.store,
@@ -113,6 +105,13 @@ class Eraser:
         )
         self._publish(manifest)
         return manifest
+
+    def _cluster(self, train: list[SampleRow], feats: dict[str, np.ndarray]) -> Partition:
+        c = self.cfg.clustering
+        ids = [r.sample_id for r in train]
+        return build_partition(
+            ids, feats, self.cfg.seed, c.sample_size, c.distance_threshold, c.n_clusters
+        )
 
     def _publish(self, manifest: dict) -> None:
         sha = self.registry.write_version(manifest)
@@ -160,15 +159,7 @@ class Eraser:
             self.store, self.backbone, live_test + (live_train if recluster else [])
         )
         if recluster:
-            c = self.cfg.clustering
-            part = build_partition(
-                [r.sample_id for r in live_train],
-                feats,
-                self.cfg.seed,
-                c.sample_size,
-                c.distance_threshold,
-                c.n_clusters,
-            )
+            part = self._cluster(live_train, feats)
         else:
             part = remove_members(old, gone_train)
         where = old.cluster_of()
