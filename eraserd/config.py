@@ -67,7 +67,7 @@ class BackboneConfig:
 class ClusteringConfig:
     sample_size: int = 1000
     """Points that go through hierarchical clustering; the rest join the nearest prototype."""
-    distance_threshold: float | None = 19.5
+    distance_threshold: float | None = 17.4
     """Average-linkage merge threshold in feature space (paper: 10 on ViT-B/16)."""
     n_clusters: int | None = None
     """Alternative to the threshold: cut the dendrogram into at most this many clusters."""

@@ -33,7 +33,7 @@ def test_empty_dict_gives_documented_defaults():
     assert cfg.backbone.mean == (0.485, 0.456, 0.406)
     assert cfg.backbone.std == (0.229, 0.224, 0.225)
     assert cfg.clustering.sample_size == 1000
-    assert cfg.clustering.distance_threshold == 19.5
+    assert cfg.clustering.distance_threshold == 17.4
     assert cfg.clustering.n_clusters is None
     assert (cfg.prompt.width, cfg.prompt.init_std) == (8, 0.01)
     t = cfg.training
@@ -55,7 +55,7 @@ def test_example_config_loads_and_resolves_state_dir():
     assert cfg.state_dir.is_absolute()
     assert cfg.data.source == BUILTIN_DIGITS
     assert cfg.backbone.weights == BUILTIN_LITE0
-    assert cfg.clustering.distance_threshold == 19.5
+    assert cfg.clustering.distance_threshold == 17.4
     assert cfg.training.warmup_epochs == 1.0
     assert isinstance(cfg.training.warmup_epochs, float)
 
