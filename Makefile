@@ -1,4 +1,5 @@
-# Two entry points: `make run` (build the embedded default if needed, then show it) and `make test`.
+# Two entry points: `make run` (build the embedded default if needed, then serve it) and
+# `make test` (lint and the whole test suite).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,8 +19,7 @@ $(BIN)/eraserd: pyproject.toml
 install: $(BIN)/eraserd
 
 run: install
-	$(BIN)/eraserd build --config $(CONFIG) --if-missing
-	$(BIN)/eraserd info --config $(CONFIG)
+	$(BIN)/eraserd run --config $(CONFIG)
 
 test: install
 	$(BIN)/ruff check eraserd tests

@@ -31,6 +31,9 @@ class Change:
     kind: str  # "build" | "forget"
     forgotten: int = 0
     reclustered: bool = True
+    batch: str | None = None
+    """The daemon batch that produced this version: makes publishing idempotent per batch."""
+    affected: tuple[str, ...] = ()
 
 
 def train_fingerprint(cfg: Config, backbone: Backbone, classes: list[str]) -> str:
@@ -58,6 +61,7 @@ def cluster_fingerprint(cfg: Config, backbone: Backbone) -> str:
 def config_hash(cfg: Config) -> str:
     plain = cfg.to_dict()
     plain.pop("state_dir")
+    plain.pop("daemon")  # serving settings never change a model
     return sha256_hex(repr(sorted(plain.items())).encode())
 
 
@@ -177,6 +181,8 @@ def materialize(
             "reclustered": change.reclustered,
             "retrained": retrained,
             "reused": len(clusters) - len(retrained),
+            "affected": list(change.affected),
+            "batch": change.batch,
             "seconds": round(time.perf_counter() - started, 3),
         },
     }

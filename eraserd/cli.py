@@ -6,8 +6,10 @@ non-zero exit code.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import click
 from . import __version__, progress
 from .config import load_config
 from .errors import EraserdError
+from .idfile import read_ids
+from .locking import StateLock
 
 
 def _emit(as_json: bool, payload, text: str) -> None:
@@ -72,7 +76,7 @@ def main() -> None:
 @command
 def build(cfg, as_json: bool, if_missing: bool, force: bool) -> None:
     """Ingest the private data (once) and build a model from scratch."""
-    with _eraser(cfg) as er:
+    with StateLock(cfg.state_dir, "eraserd build"), _eraser(cfg) as er:
         if er.has_model() and not force:
             if if_missing:
                 cur = er.registry.current()
@@ -104,27 +108,6 @@ def build(cfg, as_json: bool, if_missing: bool, force: bool) -> None:
     )
 
 
-def _read_ids(path: Path | None) -> tuple[list[str], list[str]]:
-    """Lines ``sample:ID`` / ``subject:ID`` / bare ``ID`` (a sample id); ``#`` comments."""
-    samples, subjects = [], []
-    if path is None:
-        return samples, subjects
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise EraserdError(f"--from-file: cannot read {path}: {exc.strerror}") from None
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        kind, sep, ident = line.partition(":")
-        if sep and kind in ("sample", "subject"):
-            (samples if kind == "sample" else subjects).append(ident.strip())
-        else:
-            samples.append(line)
-    return samples, subjects
-
-
 @main.command()
 @click.option("--sample-id", "sample_ids", multiple=True, help="A sample id (repeatable).")
 @click.option("--subject-id", "subject_ids", multiple=True, help="A subject id (repeatable).")
@@ -136,11 +119,11 @@ def _read_ids(path: Path | None) -> tuple[list[str], list[str]]:
 @command
 def forget(cfg, as_json: bool, sample_ids, subject_ids, from_file) -> None:
     """Exactly unlearn samples and erase them from disk."""
-    more_samples, more_subjects = _read_ids(from_file)
+    more_samples, more_subjects = read_ids(from_file)
     samples, subjects = list(sample_ids) + more_samples, list(subject_ids) + more_subjects
     if not samples and not subjects:
         raise_error("name at least one --sample-id, --subject-id or --from-file")
-    with _eraser(cfg) as er:
+    with StateLock(cfg.state_dir, "eraserd forget"), _eraser(cfg) as er:
         r = er.forget(samples, subjects)
     _emit(
         as_json,
@@ -251,6 +234,62 @@ def predict(cfg, as_json: bool, images) -> None:
             for o in out
         ),
     )
+
+
+@main.command()
+@command
+def run(cfg, as_json: bool) -> None:
+    """Serve: build a model if none exists, then run the deletion daemon and control API."""
+    import uvicorn
+
+    from . import logs
+    from .api import create_app
+    from .daemon import Daemon
+
+    _Server = _server_class()
+    logs.configure(cfg.daemon.log_json or as_json)
+    daemon = Daemon(cfg)
+    app = create_app(daemon)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=cfg.daemon.host,
+            port=cfg.daemon.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    )
+
+    def _graceful(signum, frame):
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, _graceful)
+    signal.signal(signal.SIGINT, _graceful)
+    daemon.start()
+    click.echo(
+        f"eraserd serving version {daemon.predictor.version} on "
+        f"http://{cfg.daemon.host}:{cfg.daemon.port} (token in {cfg.token_path})",
+        err=True,
+    )
+    try:
+        server.run()  # returns on SIGINT/SIGTERM once open requests are answered
+    finally:
+        daemon.stop()  # finishes the batch in progress; the queue keeps the rest
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its shutdown, which would skip ``daemon.stop``;
+        eraserd installs its own handlers instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    return Server
 
 
 @main.command()

@@ -141,6 +141,37 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    host: str = "127.0.0.1"
+    """Control API bind address; loopback by default."""
+    port: int = 8477
+    batch_window_s: float = 60.0
+    """The batch window T: queued deletions are forgotten together at least this often."""
+    max_batch_samples: int = 256
+    """Flush early when this many samples are pending."""
+    default_deadline_s: float = 72 * 3600.0
+    """Deadline of a request that names none (GDPR-style 72 h)."""
+    deadline_margin_s: float = 60.0
+    """Flush when the earliest deadline minus the predicted batch time is this close."""
+    max_attempts: int = 3
+    """A batch that fails this many times marks its requests failed."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    token_file: Path | None = None
+    """Bearer token file (0600), created on first start. Default: ``state_dir/api-token``."""
+    log_json: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host), "host must not be empty")
+        _check(0 <= self.port <= 65535, "port must be in [0, 65535]")
+        _check(self.batch_window_s > 0, "batch_window_s must be positive")
+        _check(self.max_batch_samples >= 1, "max_batch_samples must be at least 1")
+        _check(self.default_deadline_s > 0, "default_deadline_s must be positive")
+        _check(self.deadline_margin_s >= 0, "deadline_margin_s must not be negative")
+        _check(self.max_attempts >= 1, "max_attempts must be at least 1")
+        _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("state")
     seed: int = 0
@@ -150,12 +181,17 @@ class Config:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def __post_init__(self) -> None:
         _check(
             2 * self.prompt.width < self.backbone.image_size,
             "prompt.width: must leave an interior: 2 * width < backbone.image_size",
         )
+
+    @property
+    def token_path(self) -> Path:
+        return self.daemon.token_file or self.state_dir / "api-token"
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -287,7 +323,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     if bb.weights is not None and not bb.weights.startswith("builtin:"):
         w = Path(bb.weights).expanduser()
         bb = dataclasses.replace(bb, weights=str(w if w.is_absolute() else base / w))
-    return dataclasses.replace(cfg, state_dir=state.resolve(), data=data, backbone=bb)
+    daemon = cfg.daemon
+    if daemon.token_file is not None:
+        tf = daemon.token_file.expanduser()
+        daemon = dataclasses.replace(daemon, token_file=tf if tf.is_absolute() else base / tf)
+    return dataclasses.replace(
+        cfg, state_dir=state.resolve(), data=data, backbone=bb, daemon=daemon
+    )
 
 
 def load_config(path: str | Path) -> Config:

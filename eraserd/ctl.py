@@ -1,13 +1,215 @@
-"""``eraserctl``: the operator's client for a running ``eraserd run`` daemon."""
+"""``eraserctl``: the operator's client for a running ``eraserd run`` daemon.
+
+Exit codes: 0 ok, 1 failed request (``--wait``) or daemon error, 2 rejected input,
+3 daemon unreachable, 4 unauthorized, 5 unknown request.
+"""
 
 from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import click
 
 from . import __version__
+from .client import INVALID, Client, ClientError
+from .errors import EraserdError
+from .idfile import read_ids
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+TERMINAL = ("published", "failed")
+
+
+def parse_deadline(text: str, now: float) -> str:
+    """``72h``, ``30m``, ``90s``, ``2d`` from now, or an ISO 8601 time; returns ISO 8601."""
+    m = _DURATION.match(text.strip())
+    if m:
+        ts = now + float(m.group(1)) * _UNITS[m.group(2)]
+        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ClientError(
+            f"--deadline: expected a duration like 72h or an ISO 8601 time, got {text!r}", INVALID
+        ) from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).isoformat()
+
+
+def _client_options(fn):
+    @click.option(
+        "--config",
+        "-c",
+        "config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="eraserd config: gives the daemon address and token file.",
+    )
+    @click.option("--url", envvar="ERASERD_URL", help="Daemon URL (env ERASERD_URL).")
+    @click.option("--token", envvar="ERASERD_TOKEN", help="API token (env ERASERD_TOKEN).")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @functools.wraps(fn)
+    def wrapper(config, url, token, as_json, **kwargs):
+        try:
+            client = Client.locate(config, url, token)
+            return fn(client, as_json, **kwargs)
+        except (ClientError, EraserdError) as exc:
+            code = getattr(exc, "exit_code", 1)
+            if as_json:
+                click.echo(json.dumps({"error": str(exc), **getattr(exc, "payload", {})}))
+            else:
+                click.echo(f"eraserctl: {exc}", err=True)
+            sys.exit(code)
+
+    return wrapper
+
+
+def _ago(ts: float | None, now: float) -> str:
+    return "-" if ts is None else f"{now - ts:.0f}s ago"
+
+
+def _describe(r: dict, now: float) -> str:
+    line = f"{r['id']}: {r['state']}, {r['samples']} sample(s)"
+    if r.get("version") is not None:
+        line += f", removed in version {r['version']}"
+    if r.get("reason"):
+        line += f" (last error: {r['reason']}, attempts {r['attempts']})"
+    line += f"; submitted {_ago(r['created_at'], now)}"
+    if r["state"] not in TERMINAL:
+        line += f", deadline in {r['deadline'] - now:.0f}s"
+    return line
 
 
 @click.group()
 @click.version_option(__version__, prog_name="eraserctl")
 def main() -> None:
-    """Talk to a running eraserd daemon (submit deletions, check status, predict)."""
+    """Talk to a running eraserd daemon: submit deletions, check status, predict."""
+
+
+@main.command("submit-deletion")
+@click.option("--sample-id", "sample_ids", multiple=True, help="Sample id (repeatable).")
+@click.option("--subject-id", "subject_ids", multiple=True, help="Subject id (repeatable).")
+@click.option(
+    "--from-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="One id per line: ID, sample:ID or subject:ID; # comments.",
+)
+@click.option("--idempotency-key", help="Resubmitting with this key returns the same request.")
+@click.option("--deadline", help="Duration (72h, 30m) or ISO 8601 time; default from config.")
+@click.option("--wait", is_flag=True, help="Wait until the request is published or failed.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to --wait.")
+@_client_options
+def submit_deletion(
+    client: Client,
+    as_json: bool,
+    sample_ids,
+    subject_ids,
+    from_file,
+    idempotency_key,
+    deadline,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Queue a deletion request (acknowledged once it is durable)."""
+    more_s, more_subj = read_ids(from_file)
+    body = {"sample_ids": list(sample_ids) + more_s, "subject_ids": list(subject_ids) + more_subj}
+    if not body["sample_ids"] and not body["subject_ids"]:
+        raise ClientError("name at least one --sample-id, --subject-id or --from-file", INVALID)
+    if idempotency_key:
+        body["idempotency_key"] = idempotency_key
+    if deadline:
+        body["deadline"] = parse_deadline(deadline, time.time())
+    r = client.call("POST", "/v1/deletions", body)
+    if wait:
+        end = time.monotonic() + timeout
+        while r["state"] not in TERMINAL and time.monotonic() < end:
+            time.sleep(0.5)
+            r = {**r, **client.call("GET", f"/v1/deletions/{r['id']}")}
+    now = time.time()
+    notes = (
+        [f"already forgotten: {', '.join(r['already_forgotten_ids'])}"]
+        if r.get("already_forgotten_ids")
+        else []
+    )
+    if r.get("already_pending_ids"):
+        notes.append(f"already pending: {', '.join(r['already_pending_ids'])}")
+    click.echo(json.dumps(r, indent=2) if as_json else "\n".join([_describe(r, now), *notes]))
+    if wait and r["state"] != "published":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("request_id", required=False)
+@_client_options
+def status(client: Client, as_json: bool, request_id: str | None) -> None:
+    """Daemon summary, or one request's state."""
+    now = time.time()
+    if request_id:
+        r = client.call("GET", f"/v1/deletions/{request_id}")
+        click.echo(json.dumps(r, indent=2) if as_json else _describe(r, now))
+        return
+    s = client.call("GET", "/v1/status")
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    q = s["queue"]
+    states = ", ".join(f"{k} {v}" for k, v in q["requests"].items() if v)
+    last = s.get("last_batch")
+    lines = [
+        f"version {s['version']} ({s['clusters']} clusters), up {s['uptime_s']:.0f}s",
+        f"queue: {states or 'empty'}; {q['queued_samples']} sample(s) waiting"
+        + (f", oldest {q['oldest_queued_age_s']:.0f}s" if q["oldest_queued_age_s"] else ""),
+        f"window {s['window_s']:.0f}s, next in {max(0.0, s['next_window_at'] - now):.0f}s; "
+        f"predicted batch time {s['predicted_batch_s']:.1f}s",
+    ]
+    if last:
+        lines.append(
+            f"last batch {last['id']}: {last['state']}"
+            + (f" -> version {last['version']}" if last["version"] else "")
+            + (
+                f", {last['retrained']} cluster(s) retrained in {last['seconds']:.1f}s"
+                if last["seconds"] is not None
+                else ""
+            )
+        )
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@_client_options
+def flush(client: Client, as_json: bool) -> None:
+    """Start a batch now instead of waiting for the window."""
+    r = client.call("POST", "/v1/flush")
+    click.echo(
+        json.dumps(r)
+        if as_json
+        else (f"flushing {r['queued_requests']} request(s)" if r["flushing"] else "nothing queued")
+    )
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_client_options
+def predict(client: Client, as_json: bool, images) -> None:
+    """Classify images with the version the daemon is serving."""
+    out = []
+    for path in images:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"{path}: cannot read: {exc.strerror}", INVALID) from None
+        r = client.call("POST", "/v1/predict", data=data, content_type="application/octet-stream")
+        out.append({"image": str(path), **r})
+    click.echo(
+        json.dumps(out, indent=2)
+        if as_json
+        else "\n".join(
+            f"{o['image']}\t{o['label']}\tcluster {o['cluster']}\tversion {o['version']}\t"
+            f"p={o['probability']:.3f}"
+            for o in out
+        )
+    )

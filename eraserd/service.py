@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,10 +141,31 @@ class Eraser:
             frozenset(sample),
         )
 
-    def forget(self, sample_ids=(), subject_ids=()) -> ForgetResult:
-        """Exactly unlearn samples: retrain what they touched, then erase every trace."""
-        rows = self.store.resolve(sample_ids, subject_ids)  # unknown ids: raises, no change
+    def forget(
+        self,
+        sample_ids=(),
+        subject_ids=(),
+        batch: str | None = None,
+        lenient: bool = False,
+        events: Callable[[str], None] | None = None,
+    ) -> ForgetResult:
+        """Exactly unlearn samples: retrain what they touched, then erase every trace.
+
+        ``batch`` names the daemon batch; a batch whose version is already current is only
+        finished (purged), never published twice. ``lenient`` skips ids that are no longer
+        live instead of refusing. ``events`` is called at "retuning", "written" and
+        "swapped" (crash-test hooks).
+        """
+        emit = events or (lambda name: None)
+        if lenient:
+            rows, _, _ = self.store.classify(sample_ids, subject_ids)
+        else:
+            rows = self.store.resolve(sample_ids, subject_ids)  # unknown ids: raises
         manifest = self.registry.load()
+        if batch is not None and manifest["change"].get("batch") == batch:
+            return self._finish(manifest, rows, subject_ids)  # published before a crash
+        if not rows:
+            return ForgetResult(manifest["version"], 0, [], [], False)
         self.check_blobs(manifest)  # never build a new version on top of a corrupt one
         old = self.current_partition(manifest)
         gone = {r.sample_id for r in rows}
@@ -158,13 +180,11 @@ class Eraser:
         feats = ensure_features(
             self.store, self.backbone, live_test + (live_train if recluster else [])
         )
-        if recluster:
-            part = self._cluster(live_train, feats)
-        else:
-            part = remove_members(old, gone_train)
+        part = self._cluster(live_train, feats) if recluster else remove_members(old, gone_train)
         where = old.cluster_of()
         # A retry after a crash between swap and purge finds the ids already out of the model.
-        affected = sorted({old.keys[where[i]] for i in gone_train if i in where})
+        affected = tuple(sorted({old.keys[where[i]] for i in gone_train if i in where}))
+        emit("retuning")
         manifest = materialize(
             self.cfg,
             self.store,
@@ -173,13 +193,25 @@ class Eraser:
             part,
             {r.sample_id: feats[r.sample_id] for r in live_test},
             manifest,
-            Change("forget", len(rows), recluster),
+            Change("forget", len(rows), recluster, batch, affected),
         )
-        self._publish(manifest)
+        sha = self.registry.write_version(manifest)
+        emit("written")
+        self.registry.swap(manifest["version"], sha)
+        emit("swapped")
+        return self._finish(manifest, rows, subject_ids)
+
+    def _finish(self, manifest: dict, rows: list[SampleRow], subject_ids) -> ForgetResult:
+        """Erase the forgotten samples and every superseded version (idempotent)."""
         self.store.purge(rows, subject_ids)
         self.registry.collect(manifest)
+        change = manifest["change"]
         return ForgetResult(
-            manifest["version"], len(rows), affected, manifest["change"]["retrained"], recluster
+            manifest["version"],
+            change["forgotten"],
+            list(change.get("affected", [])),
+            change["retrained"],
+            change["reclustered"],
         )
 
     # ---- verify ---------------------------------------------------------------------------

@@ -22,7 +22,9 @@ def canonical_view(data: bytes, size: int) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise ImageDecodeError("unrecognised image format") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(str(exc) or type(exc).__name__) from None
     w, h = rgb.size
     if w < 1 or h < 1:

@@ -65,14 +65,23 @@ class SampleRow:
 
 
 class Store:
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, readonly: bool = False):
+        """Open (creating if needed) the store. ``readonly`` opens an existing store for
+        lookups from another thread, without touching files."""
         self.root = Path(state_dir)
         self.objects = self.root / "objects"
         self.db_path = self.root / "store.db"
+        if readonly:
+            self.secret = bytes.fromhex((self.root / "secret").read_text().strip())
+            self._db = sqlite3.connect(
+                f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False
+            )
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         self.objects.mkdir(exist_ok=True)
         self.secret = self._load_secret()
-        self._db = sqlite3.connect(self.db_path, isolation_level=None)
+        # One owner thread at a time (the CLI, or the daemon's batch runner).
+        self._db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=DELETE")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
@@ -237,36 +246,51 @@ class Store:
     def read_object(self, row: SampleRow) -> bytes:
         return (self.objects / row.key).read_bytes()
 
-    def resolve(
+    def _row(self, sample_id: str) -> SampleRow | None:
+        r = self._db.execute(
+            "SELECT sample_id, subject_id, label, split, key FROM samples WHERE sample_id = ?",
+            (sample_id,),
+        ).fetchone()
+        return SampleRow(*r) if r else None
+
+    def _subject_rows(self, subject_id: str) -> list[SampleRow]:
+        rs = self._db.execute(
+            "SELECT sample_id, subject_id, label, split, key FROM samples WHERE subject_id = ?",
+            (subject_id,),
+        ).fetchall()
+        return [SampleRow(*r) for r in rs]
+
+    def classify(
         self, sample_ids: Iterable[str] = (), subject_ids: Iterable[str] = ()
-    ) -> list[SampleRow]:
-        """The live rows named by ids; every id must be live, else nothing is returned."""
-        sample_ids, subject_ids = sorted(set(sample_ids)), sorted(set(subject_ids))
+    ) -> tuple[list[SampleRow], list[str], list[str]]:
+        """(live rows named, unknown ids, already-forgotten ids); ids read ``sample X`` or
+        ``subject X`` in the two lists."""
         found: dict[str, SampleRow] = {}
         unknown: list[str] = []
         forgotten: list[str] = []
-        for sid in sample_ids:
-            r = self._db.execute(
-                "SELECT sample_id, subject_id, label, split, key FROM samples WHERE sample_id = ?",
-                (sid,),
-            ).fetchone()
-            if r:
-                found[sid] = SampleRow(*r)
+        for sid in sorted(set(sample_ids)):
+            row = self._row(sid)
+            if row is not None:
+                found[sid] = row
             elif self._is_tombstoned("sample", sid):
                 forgotten.append(f"sample {sid}")
             else:
                 unknown.append(f"sample {sid}")
-        for subj in subject_ids:
-            rs = self._db.execute(
-                "SELECT sample_id, subject_id, label, split, key FROM samples WHERE subject_id = ?",
-                (subj,),
-            ).fetchall()
-            if rs:
-                found.update((r[0], SampleRow(*r)) for r in rs)
+        for subj in sorted(set(subject_ids)):
+            rows = self._subject_rows(subj)
+            if rows:
+                found.update((r.sample_id, r) for r in rows)
             elif self._is_tombstoned("subject", subj):
                 forgotten.append(f"subject {subj}")
             else:
                 unknown.append(f"subject {subj}")
+        return sorted(found.values(), key=lambda r: r.sample_id), unknown, forgotten
+
+    def resolve(
+        self, sample_ids: Iterable[str] = (), subject_ids: Iterable[str] = ()
+    ) -> list[SampleRow]:
+        """The live rows named by ids; every id must be live, else nothing is returned."""
+        found, unknown, forgotten = self.classify(sample_ids, subject_ids)
         if unknown or forgotten:
             parts = []
             if unknown:
@@ -276,7 +300,7 @@ class Store:
             raise UnknownIdError("; ".join(parts) + "; nothing was changed", unknown + forgotten)
         if not found:
             raise UnknownIdError("no ids given; nothing was changed")
-        return sorted(found.values(), key=lambda r: r.sample_id)
+        return found
 
     def copy_live_to(self, dest: Path) -> None:
         """Copy live samples (rows, objects, classes) into a new store; no features."""

@@ -1,0 +1,296 @@
+"""``eraserd run``: the only module that wires queue, scheduler, batch runner and serving.
+
+Threads: uvicorn serves the API; an APScheduler job ticks the flush policy; one batch-runner
+thread turns batches into registry versions, one at a time. Every state change is committed
+to the queue before it is acted on, so a restart after any crash resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable
+from datetime import timezone
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .batching import flush_reason, update_estimate
+from .config import Config
+from .data.store import Store
+from .errors import EraserdError, UnknownIdError
+from .faults import crashpoint
+from .fsutil import atomic_write
+from .locking import StateLock
+from .queue import Queue
+from .service import Eraser
+
+log = logging.getLogger("eraserd.daemon")
+
+MAX_IDS_PER_REQUEST = 10_000
+
+
+def load_or_create_token(path: Path) -> str:
+    """The API bearer token: created on first start, 0600, refused if others can read it."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600)
+        log.info("created API token file", extra={"fields": {"path": str(path)}})
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise EraserdError(f"token file {path} is accessible by others ({oct(mode)}); chmod 600")
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise EraserdError(f"token file {path} holds a token shorter than 16 characters")
+    return token
+
+
+class Daemon:
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.clock = clock
+        self.started_at = clock()
+        self._lock = StateLock(cfg.state_dir, "eraserd run").acquire()
+        try:
+            self.eraser = Eraser(cfg)
+            if not self.eraser.has_model():
+                log.info("no model in state_dir yet: building one first")
+                manifest = self.eraser.build()
+                log.info(
+                    "built initial model",
+                    extra={
+                        "fields": {
+                            "version": manifest["version"],
+                            "clusters": len(manifest["clusters"]),
+                        }
+                    },
+                )
+            self.queue = Queue(cfg.state_dir / "queue.db", self.eraser.store.secret)
+            self.reader = Store(cfg.state_dir, readonly=True)
+            self._reader_lock = threading.Lock()
+            self.token = load_or_create_token(cfg.token_path)
+            current = self.eraser.registry.load()
+            self.eraser.registry.collect(current)  # drop versions a crash left unpublished
+            self.predictor = self.eraser.predictor()
+            self.predicted_s = float(current["change"].get("seconds") or 60.0)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.window_start = clock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reason: str | None = None
+        self._runner: threading.Thread | None = None
+        self._scheduler: BackgroundScheduler | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._runner = threading.Thread(target=self._run, name="batch-runner", daemon=True)
+        self._runner.start()
+        if self.queue.unfinished_batches():
+            self.request_flush("recovery")
+        tick = min(1.0, self.cfg.daemon.batch_window_s / 4)
+        self._scheduler = BackgroundScheduler(timezone=timezone.utc)
+        self._scheduler.add_job(
+            self.tick, "interval", seconds=tick, id="flush-policy", max_instances=1, coalesce=True
+        )
+        self._scheduler.start()
+        log.info(
+            "daemon started",
+            extra={
+                "fields": {
+                    "version": self.predictor.version,
+                    "window_s": self.cfg.daemon.batch_window_s,
+                }
+            },
+        )
+
+    def stop(self) -> None:
+        """Finish the batch in progress, then stop. Queued requests stay queued on disk."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        self._stop.set()
+        self._wake.set()
+        if self._runner is not None:
+            self._runner.join()
+        self.queue.close()
+        self.reader.close()
+        self.eraser.close()
+        self._lock.release()
+        log.info("daemon stopped")
+
+    # ---- scheduling -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock()
+        reason = flush_reason(
+            self.queue.pending(), now, self.window_start, self.cfg.daemon, self.predicted_s
+        )
+        if now - self.window_start >= self.cfg.daemon.batch_window_s:
+            self.window_start = now
+        if reason is not None:
+            self.request_flush(reason)
+
+    def request_flush(self, reason: str) -> None:
+        self._reason = self._reason or reason
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            reason, self._reason = self._reason or "manual", None
+            try:
+                for bid in self.queue.unfinished_batches():
+                    self._run_batch(bid)
+                bid = self.queue.open_batch(reason, self.clock())
+                if bid is not None:
+                    self._run_batch(bid)
+            except Exception:  # keep serving; the queue keeps the work
+                log.exception("batch runner error")
+
+    def _run_batch(self, bid: int) -> None:
+        samples, subjects = self.queue.batch_items(bid)
+        self.queue.mark_retuning(bid, self.clock())
+        fields = {"batch": bid, "samples": len(samples), "subjects": len(subjects)}
+        log.info("batch retuning", extra={"fields": fields})
+        started = time.perf_counter()
+        try:
+            result = self.eraser.forget(
+                samples, subjects, batch=f"batch-{bid}", lenient=True, events=crashpoint
+            )
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            final = self.queue.mark_failed(bid, reason, self.cfg.daemon.max_attempts, self.clock())
+            log.error(
+                "batch failed",
+                extra={"fields": {**fields, "final": final, "error": type(exc).__name__}},
+            )
+            return
+        seconds = time.perf_counter() - started
+        if result.version != self.predictor.version:
+            self.predictor = self.eraser.predictor()  # atomic swap of the serving snapshot
+        self.queue.mark_published(
+            bid, result.version, len(result.affected), len(result.retrained), seconds, self.clock()
+        )
+        self.predicted_s = update_estimate(self.predicted_s, seconds)
+        log.info(
+            "batch published",
+            extra={
+                "fields": {
+                    **fields,
+                    "version": result.version,
+                    "affected": len(result.affected),
+                    "retrained": len(result.retrained),
+                    "reclustered": result.reclustered,
+                    "seconds": round(seconds, 3),
+                }
+            },
+        )
+
+    # ---- API operations -------------------------------------------------------------------
+
+    def submit(
+        self,
+        sample_ids: list[str],
+        subject_ids: list[str],
+        idempotency_key: str | None,
+        deadline: float | None,
+    ) -> tuple[dict, bool]:
+        if not sample_ids and not subject_ids:
+            raise ValueError("name at least one sample_id or subject_id")
+        if len(sample_ids) + len(subject_ids) > MAX_IDS_PER_REQUEST:
+            raise ValueError(f"at most {MAX_IDS_PER_REQUEST} ids per request")
+        now = self.clock()
+        payload = self.queue.fingerprint(sample_ids, subject_ids)
+        existing = self.queue.lookup(idempotency_key, payload)
+        if existing is not None:
+            return existing.to_dict(), False
+        if deadline is not None and deadline <= now:
+            raise ValueError("deadline is in the past")
+        with self._reader_lock:
+            rows, unknown, forgotten = self.reader.classify(sample_ids, subject_ids)
+        if unknown:
+            raise UnknownIdError(
+                f"unknown id(s): {', '.join(unknown)}; nothing was queued", unknown
+            )
+        gone = set(forgotten)
+        samples = sorted({s for s in sample_ids if f"sample {s}" not in gone})
+        subjects = sorted({s for s in subject_ids if f"subject {s}" not in gone})
+        pend_s, pend_subj = self.queue.pending_ids(samples, subjects)
+        req, created = self.queue.submit(
+            samples,
+            subjects,
+            len(rows),
+            deadline if deadline is not None else now + self.cfg.daemon.default_deadline_s,
+            now,
+            payload,
+            idempotency_key,
+            len(forgotten),
+            len(pend_s) + len(pend_subj),
+        )
+        out = req.to_dict()
+        out["already_forgotten_ids"] = forgotten
+        out["already_pending_ids"] = [f"sample {s}" for s in sorted(pend_s)] + [
+            f"subject {s}" for s in sorted(pend_subj)
+        ]
+        if created:
+            log.info(
+                "deletion queued", extra={"fields": {"request": req.id, "samples": req.samples}}
+            )
+            if self.queue.pending().samples >= self.cfg.daemon.max_batch_samples:
+                self.request_flush("size")
+        return out, created
+
+    def request(self, rid: str) -> dict | None:
+        req = self.queue.get(rid)
+        return req.to_dict() if req else None
+
+    def flush(self) -> dict:
+        pending = self.queue.pending()
+        self.request_flush("manual")
+        return {
+            "flushing": pending.requests > 0 or bool(self.queue.unfinished_batches()),
+            "queued_requests": pending.requests,
+            "queued_samples": pending.samples,
+        }
+
+    def status(self) -> dict:
+        now = self.clock()
+        p = self.queue.pending()
+        pred = self.predictor
+        return {
+            "version": pred.version,
+            "clusters": len(pred.keys),
+            "uptime_s": round(now - self.started_at, 3),
+            "queue": {
+                "requests": self.queue.counts(),
+                "queued_samples": p.samples,
+                "oldest_queued_age_s": None
+                if p.oldest_created is None
+                else round(now - p.oldest_created, 3),
+                "earliest_deadline": p.earliest_deadline,
+            },
+            "window_s": self.cfg.daemon.batch_window_s,
+            "next_window_at": self.window_start + self.cfg.daemon.batch_window_s,
+            "predicted_batch_s": round(self.predicted_s, 3),
+            "last_batch": self.queue.last_batch(),
+            "pid": os.getpid(),
+        }
+
+    def predict(self, data: bytes) -> dict:
+        pred = self.predictor  # one snapshot for the whole prediction
+        p = pred.predict_bytes(data)
+        return {
+            "label": p.label,
+            "cluster": p.cluster,
+            "version": p.version,
+            "probability": round(p.probability, 6),
+        }

@@ -1,0 +1,394 @@
+"""The durable deletion queue: requests, batches and their state machine, in SQLite.
+
+WAL with ``synchronous=FULL``: a submission is acknowledged only after its commit is on disk.
+Raw ids are kept only while a request is pending; when its batch is published they are
+deleted (``secure_delete``) and the WAL is truncated, leaving counts and keyed hashes.
+
+Request states::
+
+    received -> queued -> batched -> retuning -> published
+                   ^                     |
+                   +------ (retry) ------+-> failed (after max_attempts)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+
+class RequestState(str, Enum):
+    RECEIVED = "received"
+    QUEUED = "queued"
+    BATCHED = "batched"
+    RETUNING = "retuning"
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+class BatchState(str, Enum):
+    BATCHED = "batched"
+    RETUNING = "retuning"
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+PENDING = (RequestState.QUEUED, RequestState.BATCHED, RequestState.RETUNING)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    idem TEXT UNIQUE,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    deadline REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    subjects INTEGER NOT NULL,
+    already_forgotten INTEGER NOT NULL DEFAULT 0,
+    already_pending INTEGER NOT NULL DEFAULT 0,
+    batch_id INTEGER,
+    version INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    published_at REAL
+);
+CREATE INDEX IF NOT EXISTS requests_state ON requests(state);
+CREATE TABLE IF NOT EXISTS items (
+    request_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('sample', 'subject')),
+    ident TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_request ON items(request_id);
+CREATE INDEX IF NOT EXISTS items_ident ON items(kind, ident);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    samples INTEGER NOT NULL,
+    version INTEGER,
+    affected INTEGER,
+    retrained INTEGER,
+    seconds REAL,
+    error TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    id: str
+    state: str
+    created_at: float
+    updated_at: float
+    deadline: float
+    samples: int
+    subjects: int
+    already_forgotten: int
+    already_pending: int
+    batch_id: int | None
+    version: int | None
+    attempts: int
+    reason: str | None
+    published_at: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Pending:
+    requests: int
+    samples: int
+    oldest_created: float | None
+    earliest_deadline: float | None
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key was reused with a different request body."""
+
+
+_REQUEST_COLS = (
+    "id, state, created_at, updated_at, deadline, samples, subjects, already_forgotten, "
+    "already_pending, batch_id, version, attempts, reason, published_at"
+)
+
+
+class Queue:
+    def __init__(self, path: Path, secret: bytes):
+        self.path = Path(path)
+        self._secret = secret
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _hash(self, text: str) -> str:
+        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
+
+    # ---- submissions ----------------------------------------------------------------------
+
+    def fingerprint(self, samples: list[str], subjects: list[str]) -> str:
+        """Keyed hash of a request body as submitted, to match idempotent retries."""
+        return self._hash(json.dumps([sorted(set(samples)), sorted(set(subjects))]))
+
+    def lookup(self, idempotency_key: str | None, payload: str) -> DeletionRequest | None:
+        """The request an idempotency key already made, if any (same body required)."""
+        if not idempotency_key:
+            return None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, payload FROM requests WHERE idem = ?",
+                (self._hash("idem:" + idempotency_key),),
+            ).fetchone()
+            if row is None:
+                return None
+            if row[1] != payload:
+                raise IdempotencyConflict("idempotency key already used for a different request")
+            return self._get(row[0])
+
+    def submit(
+        self,
+        samples: list[str],
+        subjects: list[str],
+        expanded: int,
+        deadline: float,
+        now: float,
+        payload: str,
+        idempotency_key: str | None = None,
+        already_forgotten: int = 0,
+        already_pending: int = 0,
+    ) -> tuple[DeletionRequest, bool]:
+        """Durably queue a request; returns (request, created). Same key: same request."""
+        idem = self._hash("idem:" + idempotency_key) if idempotency_key else None
+        with self._tx():
+            existing = self.lookup(idempotency_key, payload)
+            if existing is not None:
+                return existing, False
+            db = self._db
+            rid = "del_" + secrets.token_hex(10)
+            state = RequestState.QUEUED if samples or subjects else RequestState.PUBLISHED
+            db.execute(
+                "INSERT INTO requests (id, idem, payload, state, created_at, updated_at, "
+                "deadline, samples, subjects, already_forgotten, already_pending, published_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rid,
+                    idem,
+                    payload,
+                    state.value,
+                    now,
+                    now,
+                    deadline,
+                    expanded,
+                    len(subjects),
+                    already_forgotten,
+                    already_pending,
+                    now if state is RequestState.PUBLISHED else None,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO items VALUES (?, ?, ?)",
+                [(rid, "sample", s) for s in samples] + [(rid, "subject", s) for s in subjects],
+            )
+        return self._get(rid), True
+
+    def pending_ids(self, samples: list[str], subjects: list[str]) -> tuple[set, set]:
+        """Which of these ids are already named by a pending request."""
+        states = tuple(s.value for s in PENDING)
+        marks = ",".join("?" * len(states))
+        found: dict[str, set] = {"sample": set(), "subject": set()}
+        with self._lock:
+            for kind, idents in (("sample", samples), ("subject", subjects)):
+                for ident in idents:
+                    hit = self._db.execute(
+                        f"SELECT 1 FROM items i JOIN requests r ON r.id = i.request_id "
+                        f"WHERE i.kind = ? AND i.ident = ? AND r.state IN ({marks}) LIMIT 1",
+                        (kind, ident, *states),
+                    ).fetchone()
+                    if hit:
+                        found[kind].add(ident)
+        return found["sample"], found["subject"]
+
+    def _get(self, rid: str) -> DeletionRequest | None:
+        row = self._db.execute(
+            f"SELECT {_REQUEST_COLS} FROM requests WHERE id = ?", (rid,)
+        ).fetchone()
+        return DeletionRequest(*row) if row else None
+
+    def get(self, rid: str) -> DeletionRequest | None:
+        with self._lock:
+            return self._get(rid)
+
+    def pending(self) -> Pending:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created_at), MIN(deadline) "
+                "FROM requests WHERE state = ?",
+                (RequestState.QUEUED.value,),
+            ).fetchone()
+        return Pending(*row)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state")
+            out = {s.value: 0 for s in RequestState}
+            out.update(dict(rows.fetchall()))
+        return out
+
+    # ---- batches --------------------------------------------------------------------------
+
+    def open_batch(self, reason: str, now: float) -> int | None:
+        """Move every queued request into a new batch; None when nothing is queued."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, samples FROM requests WHERE state = ?", (RequestState.QUEUED.value,)
+            ).fetchall()
+            if not rows:
+                return None
+            cur = db.execute(
+                "INSERT INTO batches (state, reason, created_at, updated_at, samples) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (BatchState.BATCHED.value, reason, now, now, sum(r[1] for r in rows)),
+            )
+            bid = cur.lastrowid
+            db.executemany(
+                "UPDATE requests SET state = ?, batch_id = ?, updated_at = ? WHERE id = ?",
+                [(RequestState.BATCHED.value, bid, now, r[0]) for r in rows],
+            )
+        return bid
+
+    def unfinished_batches(self) -> list[int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM batches WHERE state IN (?, ?) ORDER BY id",
+                (BatchState.BATCHED.value, BatchState.RETUNING.value),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def batch_items(self, bid: int) -> tuple[list[str], list[str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT i.kind, i.ident FROM items i JOIN requests r "
+                "ON r.id = i.request_id WHERE r.batch_id = ? ORDER BY i.kind, i.ident",
+                (bid,),
+            ).fetchall()
+        return (
+            [i for k, i in rows if k == "sample"],
+            [i for k, i in rows if k == "subject"],
+        )
+
+    def batch(self, bid: int) -> dict | None:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM batches WHERE id = ?", (bid,))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+        return dict(zip(names, row)) if row else None
+
+    def last_batch(self) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(id) FROM batches").fetchone()
+        return self.batch(row[0]) if row and row[0] is not None else None
+
+    def mark_retuning(self, bid: int, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ?",
+                (BatchState.RETUNING.value, now, bid),
+            )
+            db.execute(
+                "UPDATE requests SET state = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE batch_id = ? AND state IN (?, ?)",
+                (
+                    RequestState.RETUNING.value,
+                    now,
+                    bid,
+                    RequestState.BATCHED.value,
+                    RequestState.RETUNING.value,
+                ),
+            )
+
+    def mark_published(
+        self, bid: int, version: int, affected: int, retrained: int, seconds: float, now: float
+    ) -> None:
+        """Record publication and erase the batch's raw ids (keyed counts stay)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state = ?, version = ?, affected = ?, retrained = ?, "
+                "seconds = ?, updated_at = ?, error = NULL WHERE id = ?",
+                (BatchState.PUBLISHED.value, version, affected, retrained, seconds, now, bid),
+            )
+            db.execute(
+                "UPDATE requests SET state = ?, version = ?, updated_at = ?, published_at = ?, "
+                "reason = NULL WHERE batch_id = ?",
+                (RequestState.PUBLISHED.value, version, now, now, bid),
+            )
+            db.execute(
+                "DELETE FROM items WHERE request_id IN "
+                "(SELECT id FROM requests WHERE batch_id = ?)",
+                (bid,),
+            )
+        self.scrub()
+
+    def mark_failed(self, bid: int, error: str, max_attempts: int, now: float) -> bool:
+        """Record a failed attempt; requests go back to the queue unless out of attempts.
+
+        Returns True when the requests were failed for good.
+        """
+        with self._tx() as db:
+            attempts = db.execute(
+                "SELECT COALESCE(MAX(attempts), 0) FROM requests WHERE batch_id = ?", (bid,)
+            )
+            final = attempts.fetchone()[0] >= max_attempts
+            db.execute(
+                "UPDATE batches SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                (BatchState.FAILED.value, error, now, bid),
+            )
+            if final:
+                db.execute(
+                    "UPDATE requests SET state = ?, reason = ?, updated_at = ? WHERE batch_id = ?",
+                    (RequestState.FAILED.value, error, now, bid),
+                )
+            else:
+                db.execute(
+                    "UPDATE requests SET state = ?, reason = ?, batch_id = NULL, "
+                    "updated_at = ? WHERE batch_id = ?",
+                    (RequestState.QUEUED.value, error, now, bid),
+                )
+        return final
+
+    def scrub(self) -> None:
+        """Fold the WAL into the database and truncate it, so deleted rows leave no copy."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

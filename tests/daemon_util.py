@@ -1,0 +1,137 @@
+"""Run the real ``eraserd run`` as a subprocess on loopback, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+from conftest import small_raw
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_daemon_config(root: Path, source: Path, window: float = 1.0, **daemon) -> Path:
+    raw = small_raw(
+        root / "state", source, daemon={"port": free_port(), "batch_window_s": window, **daemon}
+    )
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+class DaemonProc:
+    def __init__(self, config: Path, crashpoint: str | None = None):
+        self.config = config
+        cfg = yaml.safe_load(config.read_text())
+        self.url = f"http://127.0.0.1:{cfg['daemon']['port']}"
+        self.state = Path(cfg["state_dir"])
+        env = dict(os.environ)
+        env.pop("ERASERD_CRASHPOINT", None)
+        if crashpoint:
+            env["ERASERD_CRASHPOINT"] = crashpoint
+        self.log = open(config.parent / "daemon.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "eraserd"), "run", "--config", str(config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    @property
+    def token(self) -> str:
+        return (self.state / "api-token").read_text().strip()
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon exited with {self.proc.returncode}: " + self.log_text()[-3000:]
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError("daemon did not become ready: " + self.log_text()[-3000:])
+
+    def log_text(self) -> str:
+        return (self.config.parent / "daemon.log").read_text(errors="replace")
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        data=None,
+        headers=None,
+        token: str | None = "default",
+    ) -> tuple[int, dict]:
+        hdrs = dict(headers or {})
+        if token == "default":
+            token = self.token
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def wait_for(self, predicate, timeout: float = 120.0, what: str = "condition"):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon died while waiting for {what}: " + self.log_text()[-3000:]
+                )
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}: " + self.log_text()[-3000:])
+
+    def wait_exit(self, timeout: float = 120.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=120)
+        self.log.close()
+        return self.proc.returncode
+
+
+def ctl(*args, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(BIN / "eraserctl"), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"eraserctl {args} failed ({proc.returncode}): {proc.stderr}")
+    return proc

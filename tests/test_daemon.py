@@ -1,0 +1,265 @@
+"""Acceptance for ``eraserd run``: end to end, crash recovery, bad input. Real daemon
+processes on loopback, real SIGKILL, real SQLite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from conftest import tree_bytes
+from daemon_util import BIN, DaemonProc, ctl, write_daemon_config
+
+
+def verify(config) -> dict:
+    out = subprocess.run(
+        [str(BIN / "eraserd"), "verify", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return json.loads(out.stdout)
+
+
+def published(daemon: DaemonProc, rid: str):
+    code, r = daemon.call("GET", f"/v1/deletions/{rid}")
+    assert code == 200
+    return r if r["state"] == "published" else None
+
+
+@pytest.mark.slow
+def test_end_to_end_with_eraserctl(tmp_path, digits_data):
+    config = write_daemon_config(tmp_path, digits_data / "manifest.csv", window=2.0)
+    d = DaemonProc(config)
+    try:
+        d.wait_ready()
+        status = json.loads(ctl("status", "--config", config, "--json").stdout)
+        assert status["version"] == 1
+        out = ctl(
+            "submit-deletion",
+            "--config",
+            config,
+            "--sample-id",
+            "s0004",
+            "--subject-id",
+            "subj020",
+            "--idempotency-key",
+            "ticket-1",
+            "--wait",
+            "--timeout",
+            "120",
+            "--json",
+        )
+        r = json.loads(out.stdout)
+        assert r["state"] == "published" and r["version"] == 2 and r["samples"] == 4
+        # Published within one window plus the retune itself.
+        assert r["published_at"] - r["created_at"] < 2.0 + 30
+        again = json.loads(
+            ctl(
+                "submit-deletion",
+                "--config",
+                config,
+                "--sample-id",
+                "s0004",
+                "--subject-id",
+                "subj020",
+                "--idempotency-key",
+                "ticket-1",
+                "--json",
+            ).stdout
+        )
+        assert again["id"] == r["id"] and again["version"] == 2
+        text = ctl("status", "--config", config).stdout
+        assert text.startswith("version 2 ")
+        assert "published" in ctl("status", r["id"], "--config", config).stdout
+        preds = json.loads(
+            ctl("predict", "--config", config, digits_data / "img/0100.png", "--json").stdout
+        )
+        assert preds[0]["version"] == 2
+        # Already forgotten ids are reported, not refused.
+        dup = json.loads(
+            ctl(
+                "submit-deletion",
+                "--config",
+                config,
+                "--sample-id",
+                "s0004",
+                "--sample-id",
+                "s0007",
+                "--json",
+            ).stdout
+        )
+        assert dup["already_forgotten_ids"] == ["sample s0004"] and dup["samples"] == 1
+        d.wait_for(lambda: published(d, dup["id"]), what="second request")
+    finally:
+        assert d.stop() == 0
+    assert "daemon stopped" in d.log_text()
+    assert verify(config)["identical"]
+    for needle in (b"s0004", b"subj020", b"s0007"):
+        for path, data in tree_bytes(d.state):
+            assert needle not in data, f"{needle!r} left in {path}"
+        assert needle not in d.log_text().encode(), "raw ids must not be logged"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["acked", "retuning", "written", "swapped"])
+def test_crash_recovery_publishes_each_request_once(tmp_path, digits_data, point):
+    # A long window: the batch starts only on the explicit flush, so all three requests
+    # share one batch and the crash hits it at a known point.
+    config = write_daemon_config(tmp_path, digits_data / "manifest.csv", window=3600.0)
+    first = DaemonProc(config, crashpoint=None if point == "acked" else point)
+    first.wait_ready()
+    ids = []
+    bodies = [
+        {"sample_ids": ["s0010", "s0011"]},
+        {"subject_ids": ["subj030"], "idempotency_key": "k"},
+        {"sample_ids": ["s0100"]},
+    ]
+    for body in bodies:
+        code, r = first.call("POST", "/v1/deletions", body)
+        assert code == 202, r
+        ids.append(r["id"])
+    if point == "acked":
+        first.kill()  # SIGKILL right after the acknowledgements
+    else:
+        assert first.call("POST", "/v1/flush")[0] == 202
+        assert first.wait_exit() == -9, "the crash point should SIGKILL the daemon"
+    first.log.close()
+    second = DaemonProc(config)
+    try:
+        second.wait_ready()
+        assert second.call("POST", "/v1/flush")[0] == 202
+        done = [second.wait_for(lambda rid=rid: published(second, rid), what=rid) for rid in ids]
+        versions = {r["version"] for r in done}
+        assert len({r["batch_id"] for r in done}) == 1 and versions == {2}, done
+        code, again = second.call(
+            "POST", "/v1/deletions", {"subject_ids": ["subj030"], "idempotency_key": "k"}
+        )
+        assert code == 200 and again["id"] == ids[1]
+        status = second.call("GET", "/v1/status")[1]
+        assert status["version"] == 2 and status["last_batch"]["state"] == "published"
+    finally:
+        assert second.stop() == 0
+    assert sorted(p.name for p in (second.state / "registry" / "versions").iterdir()) == [
+        "000002.json"
+    ]
+    assert verify(config)["identical"]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, digits_data):
+    root = tmp_path_factory.mktemp("api")
+    d = DaemonProc(
+        write_daemon_config(root, digits_data / "manifest.csv", window=3600.0, max_body_bytes=4096)
+    )
+    d.wait_ready()
+    yield d
+    d.stop()
+
+
+def queued(d: DaemonProc) -> dict:
+    return d.call("GET", "/v1/status")[1]["queue"]["requests"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case, expected_code, message",
+    [
+        ("malformed", 400, "malformed JSON body"),
+        ("empty", 422, "name at least one sample_id or subject_id"),
+        ("unknown", 422, "unknown id(s): sample nobody, subject ghost; nothing was queued"),
+        ("extra_field", 422, "sample: Extra inputs are not permitted"),
+        ("wrong_type", 422, "sample_ids: Input should be a valid list"),
+        ("oversized", 413, "request body exceeds 4096 bytes"),
+        ("no_token", 401, "missing bearer token"),
+        ("wrong_token", 401, "invalid bearer token"),
+        ("past_deadline", 422, "deadline is in the past"),
+    ],
+)
+def test_bad_deletion_requests_are_refused(daemon, case, expected_code, message):
+    before = queued(daemon)
+    body, data, token, headers = None, None, "default", {"Content-Type": "application/json"}
+    if case == "malformed":
+        data = b'{"sample_ids": ["s0001"'
+    elif case == "empty":
+        body = {}
+    elif case == "unknown":
+        body = {"sample_ids": ["s0001", "nobody"], "subject_ids": ["ghost"]}
+    elif case == "extra_field":
+        body = {"sample": ["s0001"]}
+    elif case == "wrong_type":
+        body = {"sample_ids": "s0001"}
+    elif case == "oversized":
+        body = {"sample_ids": ["s0001"] * 1000}
+    elif case == "no_token":
+        body, token = {"sample_ids": ["s0001"]}, None
+    elif case == "wrong_token":
+        body, token = {"sample_ids": ["s0001"]}, "not-the-token"
+    elif case == "past_deadline":
+        body = {"sample_ids": ["s0001"], "deadline": "2001-01-01T00:00:00Z"}
+    code, r = daemon.call(
+        "POST", "/v1/deletions", body=body, data=data, headers=headers, token=token
+    )
+    assert code == expected_code, r
+    assert message in r["error"]["message"]
+    if case == "unknown":
+        assert r["error"]["unknown"] == ["sample nobody", "subject ghost"]
+    assert queued(daemon) == before
+
+
+@pytest.mark.slow
+def test_bad_predict_and_lookup(daemon, digits_data):
+    code, r = daemon.call(
+        "POST",
+        "/v1/predict",
+        data=b"plain text, not an image",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert code == 415 and "not a readable image" in r["error"]["message"]
+    code, r = daemon.call(
+        "POST", "/v1/predict", data=b"", headers={"Content-Type": "application/octet-stream"}
+    )
+    assert code == 422
+    code, r = daemon.call("GET", "/v1/deletions/del_nothing")
+    assert code == 404 and "del_nothing" in r["error"]["message"]
+    code, r = daemon.call(
+        "POST",
+        "/v1/predict",
+        data=(digits_data / "img/0000.png").read_bytes(),
+        headers={"Content-Type": "image/png"},
+    )
+    assert code == 200 and r["version"] == 1
+    code, _ = daemon.call("GET", "/openapi.json", token=None)
+    assert code == 200
+    assert daemon.call("GET", "/healthz", token=None)[0] == 200
+
+
+@pytest.mark.slow
+def test_eraserctl_errors_are_one_clear_line(daemon, tmp_path):
+    cfg = daemon.config
+    bad = ctl("status", "--config", cfg, "--token", "wrong", check=False)
+    assert bad.returncode == 4 and bad.stderr.startswith("eraserctl: unauthorized (401)")
+    bad = ctl("status", "--url", "http://127.0.0.1:9", "--token", "x", check=False)
+    assert bad.returncode == 3 and "cannot reach eraserd at http://127.0.0.1:9" in bad.stderr
+    bad = ctl("status", "del_missing", "--config", cfg, check=False)
+    assert bad.returncode == 5 and "not found (404)" in bad.stderr
+    bad = ctl("submit-deletion", "--config", cfg, "--sample-id", "nobody", check=False)
+    assert bad.returncode == 2 and "unknown id(s): sample nobody" in bad.stderr
+    bad = ctl(
+        "submit-deletion", "--config", cfg, "--sample-id", "s1", "--deadline", "soon", check=False
+    )
+    assert bad.returncode == 2 and "--deadline" in bad.stderr
+    for out in (bad,):
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_second_instance_is_refused(daemon):
+    proc = subprocess.run(
+        [str(BIN / "eraserd"), "run", "--config", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 6
+    assert "is in use by eraserd run (pid" in proc.stderr
