@@ -263,3 +263,53 @@ def test_second_instance_is_refused(daemon):
     )
     assert proc.returncode == 6
     assert "is in use by eraserd run (pid" in proc.stderr
+
+
+@pytest.mark.slow
+def test_size_and_deadline_flush_without_waiting_for_the_window(tmp_path, digits_data):
+    from datetime import datetime, timedelta, timezone
+
+    config = write_daemon_config(
+        tmp_path,
+        digits_data / "manifest.csv",
+        window=3600.0,
+        max_batch_samples=3,
+        deadline_margin_s=30.0,
+    )
+    d = DaemonProc(config)
+    try:
+        d.wait_ready()
+        soon = (datetime.now(timezone.utc) + timedelta(seconds=20)).isoformat()
+        code, r = d.call("POST", "/v1/deletions", {"sample_ids": ["s0012"], "deadline": soon})
+        assert code == 202
+        done = d.wait_for(lambda: published(d, r["id"]), what="deadline flush")
+        assert d.call("GET", "/v1/status")[1]["last_batch"]["reason"] == "deadline"
+        code, r = d.call("POST", "/v1/deletions", {"sample_ids": ["s0013", "s0014", "s0015"]})
+        assert code == 202
+        done = d.wait_for(lambda: published(d, r["id"]), what="size flush")
+        assert done["version"] == 3
+        assert d.call("GET", "/v1/status")[1]["last_batch"]["reason"] == "size"
+    finally:
+        assert d.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "data, ctype",
+    [
+        (b"[]", "application/json"),
+        (b'{"sample_ids": [1, 2]}', "application/json"),
+        (b'{"sample_ids": [""]}', "application/json"),
+        (b'{"sample_ids": ["a\\u0000b"]}', "application/json"),
+        (b'{"deadline": "tomorrow", "sample_ids": ["s0001"]}', "application/json"),
+        (b"\xff\xfe\x00garbage", "application/json"),
+        (b"sample_ids=s0001", "application/x-www-form-urlencoded"),
+        (b'{"sample_ids": ["s0001"]}', "text/plain"),
+    ],
+)
+def test_garbage_never_gets_a_5xx(daemon, data, ctype):
+    before = queued(daemon)
+    code, r = daemon.call("POST", "/v1/deletions", data=data, headers={"Content-Type": ctype})
+    assert 400 <= code < 500, (code, r)
+    assert r["error"]["message"]
+    assert queued(daemon) == before
