@@ -171,7 +171,7 @@ class Daemon:
             final = self.queue.mark_failed(bid, reason, self.cfg.daemon.max_attempts, self.clock())
             log.error(
                 "batch failed",
-                extra={"fields": {**fields, "final": final, "error": type(exc).__name__}},
+                extra={"fields": {**fields, "failed_requests": final, "error": type(exc).__name__}},
             )
             return
         seconds = time.perf_counter() - started

@@ -16,14 +16,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
+
+log = logging.getLogger("eraserd.queue")
 
 
 class RequestState(str, Enum):
@@ -137,6 +141,7 @@ class Queue:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
+        self.scrub()  # a crash may have left erased rows in the WAL
 
     def close(self) -> None:
         with self._lock:
@@ -221,7 +226,8 @@ class Queue:
                 "INSERT INTO items VALUES (?, ?, ?)",
                 [(rid, "sample", s) for s in samples] + [(rid, "subject", s) for s in subjects],
             )
-        return self._get(rid), True
+            created = self._get(rid)
+        return created, True
 
     def pending_ids(self, samples: list[str], subjects: list[str]) -> tuple[set, set]:
         """Which of these ids are already named by a pending request."""
@@ -361,34 +367,42 @@ class Queue:
             )
         self.scrub()
 
-    def mark_failed(self, bid: int, error: str, max_attempts: int, now: float) -> bool:
-        """Record a failed attempt; requests go back to the queue unless out of attempts.
+    def mark_failed(self, bid: int, error: str, max_attempts: int, now: float) -> int:
+        """Record a failed attempt. Each request that has used up ``max_attempts`` fails for
+        good (and its raw ids are erased); the others go back to the queue.
 
-        Returns True when the requests were failed for good.
+        Returns how many requests failed for good.
         """
         with self._tx() as db:
-            attempts = db.execute(
-                "SELECT COALESCE(MAX(attempts), 0) FROM requests WHERE batch_id = ?", (bid,)
-            )
-            final = attempts.fetchone()[0] >= max_attempts
             db.execute(
                 "UPDATE batches SET state = ?, error = ?, updated_at = ? WHERE id = ?",
                 (BatchState.FAILED.value, error, now, bid),
             )
-            if final:
-                db.execute(
-                    "UPDATE requests SET state = ?, reason = ?, updated_at = ? WHERE batch_id = ?",
-                    (RequestState.FAILED.value, error, now, bid),
-                )
-            else:
-                db.execute(
-                    "UPDATE requests SET state = ?, reason = ?, batch_id = NULL, "
-                    "updated_at = ? WHERE batch_id = ?",
-                    (RequestState.QUEUED.value, error, now, bid),
-                )
+            final = db.execute(
+                "UPDATE requests SET state = ?, reason = ?, updated_at = ? "
+                "WHERE batch_id = ? AND attempts >= ?",
+                (RequestState.FAILED.value, error, now, bid, max_attempts),
+            ).rowcount
+            db.execute(
+                "DELETE FROM items WHERE request_id IN "
+                "(SELECT id FROM requests WHERE batch_id = ? AND state = ?)",
+                (bid, RequestState.FAILED.value),
+            )
+            db.execute(
+                "UPDATE requests SET state = ?, reason = ?, batch_id = NULL, updated_at = ? "
+                "WHERE batch_id = ? AND state != ?",
+                (RequestState.QUEUED.value, error, now, bid, RequestState.FAILED.value),
+            )
+        if final:
+            self.scrub()
         return final
 
     def scrub(self) -> None:
         """Fold the WAL into the database and truncate it, so deleted rows leave no copy."""
         with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            for _ in range(50):
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    return
+                time.sleep(0.01)
+        log.warning("queue WAL checkpoint stayed blocked; deleted ids may linger in the WAL")

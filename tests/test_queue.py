@@ -226,7 +226,7 @@ def test_pending_ids_ignores_failed_requests(q):
     submit(q, ["s-failed"])
     bid = q.open_batch("window", now=110.0)
     q.mark_retuning(bid, now=111.0)
-    assert q.mark_failed(bid, "boom", max_attempts=1, now=112.0) is True
+    assert q.mark_failed(bid, "boom", max_attempts=1, now=112.0) == 1
     assert q.pending_ids(["s-failed"], []) == (set(), set())
 
 
@@ -327,7 +327,7 @@ def test_mark_failed_requeues_until_attempts_run_out(q):
     bid = q.open_batch("window", now=110.0)
     q.mark_retuning(bid, now=111.0)
 
-    assert q.mark_failed(bid, "RuntimeError: oom", max_attempts=3, now=112.0) is False
+    assert q.mark_failed(bid, "RuntimeError: oom", max_attempts=3, now=112.0) == 0
     batch = q.batch(bid)
     assert (batch["state"], batch["error"]) == (BatchState.FAILED.value, "RuntimeError: oom")
     for rid in (r1.id, r2.id):
@@ -349,7 +349,7 @@ def test_mark_failed_is_final_after_max_attempts(q):
         assert sorted(q.batch_items(bid)[0]) == ["s1", "s2"]
         q.mark_retuning(bid, now=210.0 + attempt)
         results.append(q.mark_failed(bid, f"error {attempt}", max_attempts=3, now=220.0 + attempt))
-    assert results == [False, False, True]
+    assert results == [0, 0, 2]
     assert len(set(batches)) == 3
     for rid in (r1.id, r2.id):
         req = q.get(rid)
@@ -425,3 +425,20 @@ def test_concurrent_submits_through_one_queue(q):
     assert q.counts()["queued"] == 100
     assert q.pending().samples == 100
     assert all(q.get(rid).state == QUEUED for rid in ids)
+
+
+def test_a_new_request_is_not_failed_by_an_older_ones_attempts(q, tmp_path):
+    old, _ = submit(q, ["s-old"])
+    for i in range(2):
+        bid = q.open_batch("window", now=200.0 + i)
+        q.mark_retuning(bid, now=200.5 + i)
+        assert q.mark_failed(bid, "boom", max_attempts=3, now=200.7 + i) == 0
+    new, _ = submit(q, ["s-new"])
+    bid = q.open_batch("window", now=300.0)
+    q.mark_retuning(bid, now=301.0)
+    assert q.mark_failed(bid, "boom", max_attempts=3, now=302.0) == 1
+    assert q.get(old.id).state == RequestState.FAILED.value
+    assert (q.get(new.id).state, q.get(new.id).attempts) == (RequestState.QUEUED.value, 1)
+    # The failed request's raw ids are erased; the queued one keeps its own.
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("queue.db"))
+    assert b"s-old" not in blob and b"s-new" in blob
