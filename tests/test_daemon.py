@@ -313,3 +313,36 @@ def test_garbage_never_gets_a_5xx(daemon, data, ctype):
     assert 400 <= code < 500, (code, r)
     assert r["error"]["message"]
     assert queued(daemon) == before
+
+
+@pytest.mark.slow
+def test_a_failing_batch_keeps_the_old_version_serving(tmp_path, digits_data):
+    config = write_daemon_config(tmp_path, digits_data / "manifest.csv", window=0.5, max_attempts=2)
+    d = DaemonProc(config)
+    try:
+        d.wait_ready()
+        # Corrupt a blob of the serving version: every retune attempt must refuse to build on it.
+        manifest = json.loads((d.state / "registry/versions/000001.json").read_text())
+        head = manifest["clusters"][0]["head"]
+        blob = d.state / "registry/blobs" / head[:2] / f"{head}.bin"
+        blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+        code, r = d.call("POST", "/v1/deletions", {"sample_ids": ["s0020"]})
+        assert code == 202
+        failed = d.wait_for(
+            lambda: (lambda x: x if x["state"] == "failed" else None)(
+                d.call("GET", f"/v1/deletions/{r['id']}")[1]
+            ),
+            what="request to fail",
+        )
+        assert failed["attempts"] == 2 and failed["reason"].startswith("CorruptBlobError")
+        status = d.call("GET", "/v1/status")[1]
+        assert status["version"] == 1 and status["last_batch"]["state"] == "failed"
+        code, p = d.call(
+            "POST",
+            "/v1/predict",
+            data=(digits_data / "img/0000.png").read_bytes(),
+            headers={"Content-Type": "image/png"},
+        )
+        assert code == 200 and p["version"] == 1
+    finally:
+        assert d.stop() == 0
