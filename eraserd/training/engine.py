@@ -9,6 +9,7 @@ that cluster's own batch.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ def configure_torch(runtime: RuntimeConfig) -> None:
     """Fix the knobs that change floating-point results: thread count and algorithm choice."""
     torch.set_num_threads(runtime.num_threads)
     if runtime.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; must be set before first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
 
