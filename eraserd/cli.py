@@ -244,6 +244,7 @@ def run(cfg, as_json: bool) -> None:
 
     from . import logs
     from .api import create_app
+    from .client import base_url
     from .daemon import Daemon
 
     _Server = _server_class()
@@ -269,7 +270,7 @@ def run(cfg, as_json: bool) -> None:
     daemon.start()
     click.echo(
         f"eraserd serving version {daemon.predictor.version} on "
-        f"http://{cfg.daemon.host}:{cfg.daemon.port} (token in {cfg.token_path})",
+        f"{base_url(cfg.daemon.host, cfg.daemon.port)} (token in {cfg.token_path})",
         err=True,
     )
     try:

@@ -22,6 +22,12 @@ class ClientError(Exception):
 UNREACHABLE, UNAUTHORIZED, NOT_FOUND, INVALID = 3, 4, 5, 2
 
 
+def base_url(host: str, port: int) -> str:
+    """The URL a client uses for a bind address: wildcards mean this host; IPv6 bracketed."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Client:
     url: str
@@ -40,7 +46,7 @@ class Client:
             from .config import load_config
 
             cfg = load_config(config)
-            url = url or f"http://{cfg.daemon.host}:{cfg.daemon.port}"
+            url = url or base_url(cfg.daemon.host, cfg.daemon.port)
             if token is None:
                 try:
                     token = cfg.token_path.read_text().strip()

@@ -149,7 +149,11 @@ class Daemon:
             reason, self._reason = self._reason or "manual", None
             try:
                 for bid in self.queue.unfinished_batches():
+                    if self._stop.is_set():
+                        break
                     self._run_batch(bid)
+                if self._stop.is_set():
+                    break
                 bid = self.queue.open_batch(reason, self.clock())
                 if bid is not None:
                     self._run_batch(bid)
@@ -158,8 +162,18 @@ class Daemon:
 
     def _run_batch(self, bid: int) -> None:
         samples, subjects = self.queue.batch_items(bid)
-        self.queue.mark_retuning(bid, self.clock())
+        attempts = self.queue.mark_retuning(bid, self.clock())
         fields = {"batch": bid, "samples": len(samples), "subjects": len(subjects)}
+        if attempts > self.cfg.daemon.max_attempts:
+            # Earlier attempts died with the process (e.g. killed for memory): stop retrying.
+            failed = self.queue.mark_failed(
+                bid,
+                "the batch ended the daemon on every attempt",
+                self.cfg.daemon.max_attempts,
+                self.clock(),
+            )
+            log.error("batch abandoned", extra={"fields": {**fields, "failed_requests": failed}})
+            return
         log.info("batch retuning", extra={"fields": fields})
         started = time.perf_counter()
         try:

@@ -14,7 +14,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) so that only the owner can enter it: state dirs hold
+    private data, and a 0700 root keeps every file below it from other local users."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Readers see the old content or the new, never a torn file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .errors import EraserdError
+from .fsutil import private_dir
 
 
 class StateLocked(EraserdError):
@@ -20,7 +21,7 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> StateLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

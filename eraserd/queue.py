@@ -326,7 +326,8 @@ class Queue:
             row = self._db.execute("SELECT MAX(id) FROM batches").fetchone()
         return self.batch(row[0]) if row and row[0] is not None else None
 
-    def mark_retuning(self, bid: int, now: float) -> None:
+    def mark_retuning(self, bid: int, now: float) -> int:
+        """Start an attempt; returns the highest attempt count among the batch's requests."""
         with self._tx() as db:
             db.execute(
                 "UPDATE batches SET state = ?, attempts = attempts + 1, updated_at = ? "
@@ -344,6 +345,10 @@ class Queue:
                     RequestState.RETUNING.value,
                 ),
             )
+            row = db.execute(
+                "SELECT COALESCE(MAX(attempts), 0) FROM requests WHERE batch_id = ?", (bid,)
+            ).fetchone()
+        return row[0]
 
     def mark_published(
         self, bid: int, version: int, affected: int, retrained: int, seconds: float, now: float

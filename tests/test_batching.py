@@ -91,3 +91,12 @@ def test_update_estimate_is_an_ema_with_weight_point_three():
     assert update_estimate(13.0, 3.0) == pytest.approx(10.0, abs=1e-12)
     assert update_estimate(100.0, 0.0) == pytest.approx(70.0, abs=1e-12)
     assert update_estimate(10.0, 20.0, weight=0.5) == 15.0
+
+
+def test_client_urls_for_bind_addresses():
+    from eraserd.client import base_url
+
+    assert base_url("127.0.0.1", 8477) == "http://127.0.0.1:8477"
+    assert base_url("0.0.0.0", 1) == "http://127.0.0.1:1"
+    assert base_url("::", 2) == "http://[::1]:2"
+    assert base_url("fe80::1", 3) == "http://[fe80::1]:3"

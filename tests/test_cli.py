@@ -31,7 +31,12 @@ def write_config(path: Path, raw: dict) -> Path:
 
 
 def snapshot(state: Path) -> dict[str, str]:
-    return {str(p.relative_to(state)): hashlib.sha256(d).hexdigest() for p, d in tree_bytes(state)}
+    """Hashes of every file but the lock file (which names the last process that held it)."""
+    return {
+        str(p.relative_to(state)): hashlib.sha256(d).hexdigest()
+        for p, d in tree_bytes(state)
+        if p.name != "eraserd.lock"
+    }
 
 
 @pytest.fixture(scope="module")

@@ -346,3 +346,29 @@ def test_a_failing_batch_keeps_the_old_version_serving(tmp_path, digits_data):
         assert code == 200 and p["version"] == 1
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_batch_that_keeps_killing_the_daemon_is_abandoned(tmp_path, digits_data):
+    config = write_daemon_config(
+        tmp_path, digits_data / "manifest.csv", window=3600.0, max_attempts=1
+    )
+    first = DaemonProc(config, crashpoint="retuning")
+    first.wait_ready()
+    code, r = first.call("POST", "/v1/deletions", {"sample_ids": ["s0030"]})
+    assert code == 202 and first.call("POST", "/v1/flush")[0] == 202
+    assert first.wait_exit() == -9
+    first.log.close()
+    second = DaemonProc(config, crashpoint="retuning")  # would crash again if it retried
+    try:
+        second.wait_ready()
+        failed = second.wait_for(
+            lambda: (lambda x: x if x["state"] == "failed" else None)(
+                second.call("GET", f"/v1/deletions/{r['id']}")[1]
+            ),
+            what="the request to be abandoned",
+        )
+        assert failed["reason"] == "the batch ended the daemon on every attempt"
+        assert second.call("GET", "/v1/status")[1]["version"] == 1
+    finally:
+        assert second.stop() == 0

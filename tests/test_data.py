@@ -158,3 +158,14 @@ def test_resolve_and_purge_and_tombstones(tmp_path, digits_data):
         with pytest.raises(DataError, match="was forgotten and cannot be ingested again"):
             store.ingest(src, all_train)
         assert store.is_empty()
+
+
+def test_state_dir_is_private(tmp_path):
+    import stat
+
+    with Store(tmp_path / "s"):
+        pass
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "s") == 0o700
+    assert mode(tmp_path / "s" / "objects") == 0o700
+    assert mode(tmp_path / "s" / "secret") == 0o600

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UnknownIdError
-from ..fsutil import atomic_write, fsync_dir
+from ..fsutil import atomic_write, fsync_dir, private_dir
 from ..ids import private_key
 from .images import ImageDecodeError, check_readable
 from .sources import Source
@@ -77,8 +77,8 @@ class Store:
                 f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False
             )
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.objects.mkdir(exist_ok=True)
+        private_dir(self.root)
+        self.objects.mkdir(mode=0o700, exist_ok=True)
         self.secret = self._load_secret()
         # One owner thread at a time (the CLI, or the daemon's batch runner).
         self._db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
