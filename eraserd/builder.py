@@ -8,6 +8,7 @@ is trained from scratch. Build and forget both go through ``materialize``.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,11 +20,12 @@ from .clustering import Partition, nearest
 from .config import Config
 from .data.images import canonical_view
 from .data.store import SampleRow, Store
+from .executor import Executor, RetuneJob
 from .ids import member_seed, sha256_hex
 from .model.backbone import Backbone
 from .progress import bar
 from .registry import FORMAT, Registry
-from .training.engine import ClusterData, predict_batch, train_cluster
+from .training.engine import ClusterData, predict_batch
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,16 @@ def config_hash(cfg: Config) -> str:
     plain = cfg.to_dict()
     plain.pop("state_dir")
     plain.pop("daemon")  # serving settings never change a model
+    plain.pop("executor")  # nor does where the jobs run
     return sha256_hex(repr(sorted(plain.items())).encode())
+
+
+def _cluster_data(store: Store, rows: list[SampleRow], size: int, seed: int) -> ClusterData:
+    return ClusterData(
+        load_views(store, rows, size),
+        torch.tensor([r.label for r in rows], dtype=torch.int64),
+        member_seed(seed, [r.sample_id for r in rows]),
+    )
 
 
 def load_views(store: Store, rows: list[SampleRow], size: int) -> torch.Tensor:
@@ -80,6 +91,7 @@ def materialize(
     test_features: dict[str, np.ndarray],
     previous: dict | None,
     change: Change,
+    executor: Executor,
 ) -> dict:
     """Write every blob of the new version and return its manifest (not yet current)."""
     started = time.perf_counter()
@@ -111,49 +123,52 @@ def materialize(
         test_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in routed[k])).encode())
         plans.append((k, key, members, mblob, test_hash, reusable.get(mblob)))
 
-    to_train = [p for p in plans if p[5] is None]
-    total_steps = sum(len(p[2]) * cfg.training.epochs for p in to_train)
-    clusters, retrained = [], []
-    with bar(total=total_steps, desc="retune", unit="img-step") as progress:
-        for k, key, members, mblob, test_hash, old in plans:
-            if old is not None:
-                prompt_h, head_h = old["prompt"], old["head"]
-            else:
-                rows = [by_id[i] for i in members]
-                data = ClusterData(
-                    load_views(store, rows, backbone.image_size),
-                    torch.tensor([r.label for r in rows], dtype=torch.int64),
-                    member_seed(cfg.seed, members),
+    jobs = []
+    for _, key, members, _, _, old in plans:
+        if old is None:
+            rows = [by_id[i] for i in members]
+            jobs.append(
+                RetuneJob(
+                    key,
+                    float(len(members) * cfg.training.epochs),
+                    len(classes),
+                    functools.partial(_cluster_data, store, rows, backbone.image_size, cfg.seed),
                 )
-                result = train_cluster(
-                    backbone, data, cfg.training, cfg.prompt, len(classes), on_step=progress.update
-                )
-                prompt_h = registry.put_tensors({"prompt": result.prompt})
-                head_h = registry.put_tensors({"weight": result.weight, "bias": result.bias})
-                retrained.append(key)
-            if (
-                old is not None
-                and old["test_members"] == test_hash
-                and (old["prompt"], old["head"]) == (prompt_h, head_h)
-            ):
-                test_n, correct = old["test_n"], old["test_correct"]
-            else:
-                test_n, correct = _evaluate(
-                    store, registry, backbone, prompt_h, head_h, [by_id[i] for i in routed[k]]
-                )
-            clusters.append(
-                {
-                    "key": key,
-                    "size": len(members),
-                    "sample_count": sum(1 for i in members if i in part.sample),
-                    "members": mblob,
-                    "prompt": prompt_h,
-                    "head": head_h,
-                    "test_members": test_hash,
-                    "test_n": test_n,
-                    "test_correct": correct,
-                }
             )
+    with bar(total=sum(j.cost for j in jobs), desc="retune", unit="img-step") as progress:
+        results = executor.run(jobs, on_done=lambda job, res: progress.update(job.cost))
+    clusters, retrained = [], []
+    for k, key, members, mblob, test_hash, old in plans:
+        if old is not None:
+            prompt_h, head_h = old["prompt"], old["head"]
+        else:
+            result = results[key]
+            prompt_h = registry.put_tensors({"prompt": result.prompt})
+            head_h = registry.put_tensors({"weight": result.weight, "bias": result.bias})
+            retrained.append(key)
+        if (
+            old is not None
+            and old["test_members"] == test_hash
+            and (old["prompt"], old["head"]) == (prompt_h, head_h)
+        ):
+            test_n, correct = old["test_n"], old["test_correct"]
+        else:
+            test_n, correct = _evaluate(
+                store, registry, backbone, prompt_h, head_h, [by_id[i] for i in routed[k]]
+            )
+        clusters.append(
+            {
+                "key": key,
+                "size": len(members),
+                "sample_count": sum(1 for i in members if i in part.sample),
+                "members": mblob,
+                "prompt": prompt_h,
+                "head": head_h,
+                "test_members": test_hash,
+                "test_n": test_n,
+                "test_correct": correct,
+            }
+        )
 
     protos_h = registry.put_tensors({"prototypes": torch.from_numpy(part.prototypes.copy())})
     test_n = sum(c["test_n"] for c in clusters)
@@ -181,6 +196,10 @@ def materialize(
             "reclustered": change.reclustered,
             "retrained": retrained,
             "reused": len(clusters) - len(retrained),
+            "jobs": {
+                k: {"seconds": round(r.seconds, 3), "device": r.device, "attempts": r.attempts}
+                for k, r in sorted(results.items())
+            },
             "affected": list(change.affected),
             "batch": change.batch,
             "seconds": round(time.perf_counter() - started, 3),

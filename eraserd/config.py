@@ -141,6 +141,49 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None
+    """``auto`` or ``ray://host:port`` joins an existing cluster; null starts a local one."""
+    num_gpus_per_job: float = 1.0
+    """GPUs reserved per retune job (paper: one cluster job per device)."""
+    num_cpus_per_job: float = 1.0
+    device: str = "auto"
+    """Device inside a Ray worker: ``auto`` means its assigned GPU if it sees one, else CPU."""
+    local_num_gpus: int | None = None
+    """For a local Ray only: GPUs to advertise (tests advertise fake ones)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_gpus_per_job >= 0, "num_gpus_per_job must not be negative")
+        _check(self.num_cpus_per_job > 0, "num_cpus_per_job must be positive")
+        _check(
+            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            "device must be auto, cpu or cuda[:N]",
+        )
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    backend: Literal["inline", "local", "ray"] = "local"
+    """``local``: one worker process per device; ``ray``: Ray tasks; ``inline``: in-process."""
+    devices: str | tuple[str, ...] = "auto"
+    """``auto`` (every visible CUDA device, else the CPU) or a list like [cuda:0, cuda:1]."""
+    max_retries: int = 2
+    """A failed job is retried this many times, on any device, before the batch fails."""
+    job_timeout_s: float = 3600.0
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.devices, str):
+            _check(self.devices == "auto", "devices must be auto or a list of devices")
+        else:
+            _check(len(self.devices) >= 1, "devices must not be empty")
+            for d in self.devices:
+                _check(d == "cpu" or d.startswith("cuda"), f"devices holds an unknown device {d!r}")
+        _check(self.max_retries >= 0, "max_retries must not be negative")
+        _check(self.job_timeout_s > 0, "job_timeout_s must be positive")
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     host: str = "127.0.0.1"
     """Control API bind address; loopback by default."""
@@ -182,6 +225,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
         _check(

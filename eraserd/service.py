@@ -27,6 +27,7 @@ from .config import Config
 from .data.sources import open_source
 from .data.store import SampleRow, Store
 from .errors import DataError, RegistryError
+from .executor import Executor, create_executor
 from .ids import unit_interval
 from .model.backbone import Backbone, load_backbone
 from .model.features import ensure_features
@@ -46,14 +47,21 @@ class ForgetResult:
 
 
 class Eraser:
-    def __init__(self, cfg: Config, backbone: Backbone | None = None):
+    def __init__(
+        self, cfg: Config, backbone: Backbone | None = None, executor: Executor | None = None
+    ):
         self.cfg = cfg
         configure_torch(cfg.runtime)
         self.store = Store(cfg.state_dir)
         self.registry = Registry(cfg.state_dir)
         self._backbone = backbone
+        self._executor: Executor | None = executor
+        self._owns_executor = executor is None
 
     def close(self) -> None:
+        if self._executor is not None and self._owns_executor:
+            self._executor.close()
+        self._executor = None
         self.store.close()
 
     def __enter__(self) -> Eraser:
@@ -67,6 +75,13 @@ class Eraser:
         if self._backbone is None:
             self._backbone = load_backbone(self.cfg.backbone, self.cfg.runtime)
         return self._backbone
+
+    @property
+    def executor(self) -> Executor:
+        """Where retune jobs run; a worker pool is started once and kept."""
+        if self._executor is None:
+            self._executor = create_executor(self.cfg, self.backbone)
+        return self._executor
 
     def has_model(self) -> bool:
         return self.registry.current() is not None
@@ -103,6 +118,7 @@ class Eraser:
             {r.sample_id: feats[r.sample_id] for r in test},
             None,
             Change("build"),
+            self.executor,
         )
         self._publish(manifest)
         return manifest
@@ -194,6 +210,7 @@ class Eraser:
             {r.sample_id: feats[r.sample_id] for r in live_test},
             manifest,
             Change("forget", len(rows), recluster, batch, affected),
+            self.executor,
         )
         sha = self.registry.write_version(manifest)
         emit("written")
@@ -225,7 +242,7 @@ class Eraser:
             shutil.copy2(self.cfg.state_dir / "secret", tmp / "secret")
             self.store.copy_live_to(tmp)
             fresh_cfg = dataclasses.replace(self.cfg, state_dir=tmp)
-            with Eraser(fresh_cfg, backbone=self.backbone) as fresh:
+            with Eraser(fresh_cfg, backbone=self.backbone, executor=self.executor) as fresh:
                 rebuilt = fresh.build()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -66,6 +66,9 @@ def small_raw(state_dir: Path, source: Path | str, **sections) -> dict:
             "augment": {"crop_padding": 2, "hflip": False},
         },
         "runtime": {"device": "cpu", "num_threads": 2, "deterministic": True},
+        # In-process training keeps most tests fast; the executor tests and the daemon tests
+        # run the real worker pool and Ray.
+        "executor": {"backend": "inline"},
     }
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(raw.get(name), dict):

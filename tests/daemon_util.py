@@ -27,7 +27,10 @@ def free_port() -> int:
 
 def write_daemon_config(root: Path, source: Path, window: float = 1.0, **daemon) -> Path:
     raw = small_raw(
-        root / "state", source, daemon={"port": free_port(), "batch_window_s": window, **daemon}
+        root / "state",
+        source,
+        daemon={"port": free_port(), "batch_window_s": window, **daemon},
+        executor={"backend": "local", "devices": ["cpu"]},  # the real worker pool
     )
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(raw))

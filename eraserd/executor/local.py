@@ -1,0 +1,194 @@
+"""Local worker pool: one persistent process per device, started with ``spawn``.
+
+Each worker loads the backbone once and trains the jobs it is handed. The parent never
+touches CUDA: it decodes images, hands out jobs largest-first to whichever worker is free,
+and watches for deaths, errors and timeouts. A failed job is retried on any device, on a
+fresh worker, up to ``max_retries`` times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue as queue_mod
+import time
+
+import torch
+import torch.multiprocessing as mp
+
+from ..config import Config, config_from_dict
+from .base import ExecutorError, JobResult, OnDone, RetuneJob, requeue, run_job, schedule_order
+
+
+def resolve_devices(spec: str | tuple[str, ...]) -> list[str]:
+    """``auto``: every visible CUDA device (counted without initialising CUDA), else the CPU."""
+    if spec != "auto":
+        return list(spec)
+    n = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
+
+
+def _worker_main(cfg_plain: dict, device: str, inbox, outbox) -> None:
+    from ..model.backbone import load_backbone
+    from ..training.engine import ClusterData, configure_torch
+
+    cfg = config_from_dict(cfg_plain)
+    runtime = dataclasses.replace(cfg.runtime, device=device)
+    configure_torch(runtime)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    backbone = load_backbone(cfg.backbone, runtime)
+    outbox.put(("ready", device, os.getpid(), None))
+    while True:
+        msg = inbox.get()
+        if msg is None:
+            return
+        job_id, num_classes, images, labels, seed = msg
+        try:
+            r = run_job(backbone, cfg, num_classes, ClusterData(images, labels, seed))
+            outbox.put(("done", device, job_id, (r.prompt, r.weight, r.bias, r.seconds)))
+        except Exception as exc:  # CUDA errors and out-of-memory included: the parent retries
+            outbox.put(("error", device, job_id, f"{type(exc).__name__}: {exc}"))
+            if isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA" in str(exc):
+                return  # a CUDA context in doubt is not reused
+
+
+class _Worker:
+    def __init__(self, ctx, cfg_plain: dict, device: str, outbox):
+        self.device = device
+        self.inbox = ctx.Queue()
+        self.proc = ctx.Process(
+            target=_worker_main,
+            args=(cfg_plain, device, self.inbox, outbox),
+            name=f"eraserd-worker-{device}",
+            daemon=True,
+        )
+        self.proc.start()
+        self.ready = False
+        self.job: tuple[int, RetuneJob, float] | None = None  # (job id, job, started)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.is_alive():
+            try:
+                self.inbox.put(None)
+            except (OSError, ValueError):
+                pass
+            self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
+
+class LocalPool:
+    def __init__(
+        self,
+        cfg: Config,
+        devices: list[str],
+        max_retries: int = 2,
+        job_timeout_s: float = 3600.0,
+        start_timeout_s: float = 300.0,
+    ):
+        if not devices:
+            raise ExecutorError("executor.devices: no devices to run on")
+        self.cfg_plain = cfg.to_dict()
+        self.devices = list(devices)
+        self.max_retries = max_retries
+        self.job_timeout_s = job_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._outbox = self._ctx.Queue()
+        self.workers: list[_Worker] = [self._spawn(d) for d in self.devices]
+        self.restarts = 0
+
+    def _spawn(self, device: str) -> _Worker:
+        return _Worker(self._ctx, self.cfg_plain, device, self._outbox)
+
+    def worker_pids(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for w in self.workers:
+            out.setdefault(w.device, []).append(w.proc.pid)
+        return out
+
+    def busy_pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers if w.job is not None and w.proc.is_alive()]
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.workers = []
+
+    def _replace(self, i: int) -> None:
+        old = self.workers[i]
+        old.stop(timeout=1.0)
+        self.workers[i] = self._spawn(old.device)
+        self.restarts += 1
+
+    def run(self, jobs: list[RetuneJob], on_done: OnDone | None = None) -> dict[str, JobResult]:
+        pending = [(job, 1) for job in schedule_order(jobs)]
+        attempts: dict[int, int] = {}
+        by_id: dict[int, RetuneJob] = {}
+        results: dict[str, JobResult] = {}
+        next_id = 0
+        spawned_at = {id(w): time.monotonic() for w in self.workers}
+        while len(results) < len(jobs):
+            for w in self.workers:  # hand out work, largest job first
+                if w.ready and w.job is None and pending and w.proc.is_alive():
+                    job, attempt = pending.pop(0)
+                    data = job.load()
+                    next_id += 1
+                    by_id[next_id], attempts[next_id] = job, attempt
+                    w.inbox.put((next_id, job.num_classes, data.images, data.labels, data.seed))
+                    w.job = (next_id, job, time.monotonic())
+            try:
+                kind, device, ident, payload = self._outbox.get(timeout=0.1)
+            except queue_mod.Empty:
+                kind = None
+            if kind == "ready":
+                for w in self.workers:
+                    if w.proc.pid == ident:
+                        w.ready = True
+            elif kind in ("done", "error"):
+                w = next((w for w in self.workers if w.job and w.job[0] == ident), None)
+                if w is None:
+                    continue  # a result from a worker already given up on
+                job, attempt = by_id[ident], attempts[ident]
+                w.job = None
+                if kind == "done":
+                    prompt, weight, bias, seconds = payload
+                    res = JobResult(
+                        job.key,
+                        prompt.clone(),
+                        weight.clone(),
+                        bias.clone(),
+                        seconds,
+                        device,
+                        attempt,
+                    )
+                    results[job.key] = res
+                    if on_done is not None:
+                        on_done(job, res)
+                else:  # a worker that gave up its CUDA context exits; the check below respawns
+                    pending = self._retry(pending, job, attempt, payload)
+            now = time.monotonic()
+            for i, w in enumerate(list(self.workers)):  # deaths and timeouts
+                dead = not w.proc.is_alive()
+                late = w.job is not None and now - w.job[2] > self.job_timeout_s
+                stuck = not w.ready and now - spawned_at.get(id(w), now) > self.start_timeout_s
+                if dead or late or stuck:
+                    if w.job is not None:
+                        why = (
+                            "worker timed out"
+                            if late
+                            else f"worker died (exit code {w.proc.exitcode})"
+                        )
+                        pending = self._retry(pending, w.job[1], attempts[w.job[0]], why)
+                    elif stuck or (dead and not w.ready):
+                        raise ExecutorError(
+                            f"worker on {w.device} failed to start (exit code {w.proc.exitcode})"
+                        )
+                    self._replace(i)
+                    spawned_at[id(self.workers[i])] = time.monotonic()
+        return results
+
+    def _retry(self, pending, job: RetuneJob, attempt: int, why: str):
+        return requeue(pending, job, attempt, why, self.max_retries)

@@ -1,0 +1,143 @@
+"""Ray backend: retune jobs on Ray actors, one GPU per job, backbone loaded once per actor.
+
+Install with ``pip install 'eraserd[ray]'``. ``executor.ray.address`` joins an existing
+cluster (``auto`` or ``ray://head:10001``); without it a local Ray is started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from ..config import Config, config_from_dict
+from .base import ExecutorError, JobResult, OnDone, RetuneJob, requeue, run_job, schedule_order
+
+
+class _RetuneActor:
+    """Lives on a Ray worker: loads the backbone once, then trains the jobs it is given."""
+
+    def __init__(self, cfg_plain: dict, device_pref: str):
+        import torch
+
+        from ..model.backbone import load_backbone
+        from ..training.engine import configure_torch
+
+        cfg = config_from_dict(cfg_plain)
+        if device_pref == "auto":
+            device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        else:
+            device = device_pref
+        runtime = dataclasses.replace(cfg.runtime, device=device)
+        configure_torch(runtime)
+        self.cfg, self.device = cfg, device
+        self.backbone = load_backbone(cfg.backbone, runtime)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def train(self, num_classes: int, images, labels, seed: int):
+        from ..training.engine import ClusterData
+
+        r = run_job(self.backbone, self.cfg, num_classes, ClusterData(images, labels, seed))
+        return r.prompt, r.weight, r.bias, r.seconds, self.device
+
+
+class RayExecutor:
+    def __init__(self, cfg: Config):
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError(
+                "executor.backend: ray is not installed; pip install 'eraserd[ray]'"
+            ) from None
+        self._ray = ray
+        rc = cfg.executor.ray
+        self.max_retries = cfg.executor.max_retries
+        self.job_timeout_s = cfg.executor.job_timeout_s
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            kwargs = {"include_dashboard": False, "log_to_driver": False}
+            if rc.address:
+                ray.init(address=rc.address, **kwargs)
+            else:
+                ray.init(num_gpus=rc.local_num_gpus, **kwargs)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if rc.num_gpus_per_job > 0:
+            n = int(gpus // rc.num_gpus_per_job)
+            if n < 1:
+                raise ExecutorError(
+                    f"executor.ray: the Ray cluster has {gpus:g} GPUs, fewer "
+                    f"than num_gpus_per_job={rc.num_gpus_per_job:g}"
+                )
+        else:
+            n = max(1, int(ray.cluster_resources().get("CPU", 1) // rc.num_cpus_per_job))
+        self._actor_cls = ray.remote(num_gpus=rc.num_gpus_per_job, num_cpus=rc.num_cpus_per_job)(
+            _RetuneActor
+        )
+        self._args = (cfg.to_dict(), rc.device)
+        self.actors = [self._actor_cls.remote(*self._args) for _ in range(n)]
+        self.restarts = 0
+
+    def actor_pids(self) -> list[int]:
+        return self._ray.get([a.pid.remote() for a in self.actors])
+
+    def _restart(self, i: int) -> None:
+        self._ray.kill(self.actors[i], no_restart=True)
+        self.actors[i] = self._actor_cls.remote(*self._args)
+        self.restarts += 1
+
+    def run(self, jobs: list[RetuneJob], on_done: OnDone | None = None) -> dict[str, JobResult]:
+        ray = self._ray
+        pending = [(job, 1) for job in schedule_order(jobs)]
+        free = list(range(len(self.actors)))
+        inflight: dict = {}
+        results: dict[str, JobResult] = {}
+        while len(results) < len(jobs):
+            while free and pending:
+                job, attempt = pending.pop(0)
+                i = free.pop(0)
+                data = job.load()
+                ref = self.actors[i].train.remote(
+                    job.num_classes, data.images, data.labels, data.seed
+                )
+                inflight[ref] = (i, job, attempt)
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=self.job_timeout_s)
+            if not done:
+                for i, job, attempt in list(inflight.values()):
+                    pending = self._retry(pending, job, attempt, "job timed out")
+                    self._restart(i)
+                    free.append(i)
+                inflight.clear()
+                continue
+            ref = done[0]
+            i, job, attempt = inflight.pop(ref)
+            try:
+                prompt, weight, bias, seconds, device = ray.get(ref)
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.RayTaskError,
+                ray.exceptions.WorkerCrashedError,
+            ) as exc:
+                pending = self._retry(pending, job, attempt, f"{type(exc).__name__}")
+                self._restart(i)
+                free.append(i)
+                continue
+            free.append(i)
+            res = JobResult(job.key, prompt, weight, bias, seconds, device, attempt)
+            results[job.key] = res
+            if on_done is not None:
+                on_done(job, res)
+        return results
+
+    def _retry(self, pending, job: RetuneJob, attempt: int, why: str):
+        return requeue(pending, job, attempt, why, self.max_retries)
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self._ray.kill(a, no_restart=True)
+            except Exception:  # the cluster may already be gone
+                pass
+        self.actors = []
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
