@@ -22,12 +22,12 @@ run: install
 	$(BIN)/eraserd run --config $(CONFIG)
 
 test: install
-	$(BIN)/ruff check eraserd tests
+	$(BIN)/ruff check eraserd tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check eraserd tests
-	$(BIN)/ruff format --check eraserd tests
+	$(BIN)/ruff check eraserd tests benchmarks
+	$(BIN)/ruff format --check eraserd tests benchmarks
 
 clean:
 	rm -rf $(VENV) state .pytest_cache

@@ -5,10 +5,24 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from conftest import tree_bytes
 from daemon_util import BIN, DaemonProc, ctl, write_daemon_config
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def verify(config) -> dict:
@@ -120,7 +134,14 @@ def test_crash_recovery_publishes_each_request_once(tmp_path, digits_data, point
         assert code == 202, r
         ids.append(r["id"])
     if point == "acked":
+        workers = children(first.proc.pid)
+        assert workers, "the daemon should run a worker process"
         first.kill()  # SIGKILL right after the acknowledgements
+        # Workers die with their parent instead of lingering as orphans.
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(Path(f"/proc/{p}").exists() for p in workers):
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{p}").exists() for p in workers)
     else:
         assert first.call("POST", "/v1/flush")[0] == 202
         assert first.wait_exit() == -9, "the crash point should SIGKILL the daemon"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue as queue_mod
+import signal
 import time
 
 import torch
@@ -28,9 +29,24 @@ def resolve_devices(spec: str | tuple[str, ...]) -> list[str]:
     return [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
 
 
-def _worker_main(cfg_plain: dict, device: str, inbox, outbox) -> None:
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent check in the loop remains
+        pass
+
+
+def _worker_main(cfg_plain: dict, device: str, parent: int, inbox, outbox) -> None:
     from ..model.backbone import load_backbone
     from ..training.engine import ClusterData, configure_torch
+
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        return
 
     cfg = config_from_dict(cfg_plain)
     runtime = dataclasses.replace(cfg.runtime, device=device)
@@ -40,7 +56,12 @@ def _worker_main(cfg_plain: dict, device: str, inbox, outbox) -> None:
     backbone = load_backbone(cfg.backbone, runtime)
     outbox.put(("ready", device, os.getpid(), None))
     while True:
-        msg = inbox.get()
+        try:
+            msg = inbox.get(timeout=1.0)
+        except queue_mod.Empty:
+            if os.getppid() != parent:
+                return
+            continue
         if msg is None:
             return
         job_id, num_classes, images, labels, seed = msg
@@ -59,7 +80,7 @@ class _Worker:
         self.inbox = ctx.Queue()
         self.proc = ctx.Process(
             target=_worker_main,
-            args=(cfg_plain, device, self.inbox, outbox),
+            args=(cfg_plain, device, os.getpid(), self.inbox, outbox),
             name=f"eraserd-worker-{device}",
             daemon=True,
         )
