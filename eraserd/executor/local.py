@@ -120,6 +120,8 @@ class LocalPool:
         self._outbox = self._ctx.Queue()
         self.workers: list[_Worker] = [self._spawn(d) for d in self.devices]
         self.restarts = 0
+        self.throughput: dict[str, float] = {}
+        """Measured image-steps per second on each device (moving average)."""
 
     def _spawn(self, device: str) -> _Worker:
         return _Worker(self._ctx, self.cfg_plain, device, self._outbox)
@@ -152,8 +154,10 @@ class LocalPool:
         next_id = 0
         spawned_at = {id(w): time.monotonic() for w in self.workers}
         while len(results) < len(jobs):
-            for w in self.workers:  # hand out work, largest job first
-                if w.ready and w.job is None and pending and w.proc.is_alive():
+            # Largest job first, to the fastest free device (measured img-steps/s).
+            free = [w for w in self.workers if w.ready and w.job is None and w.proc.is_alive()]
+            for w in sorted(free, key=lambda w: -self.throughput.get(w.device, 0.0)):
+                if pending:
                     job, attempt = pending.pop(0)
                     data = job.load()
                     next_id += 1
@@ -186,6 +190,7 @@ class LocalPool:
                         attempt,
                     )
                     results[job.key] = res
+                    self._measure(device, job.cost, seconds)
                     if on_done is not None:
                         on_done(job, res)
                 else:  # a worker that gave up its CUDA context exits; the check below respawns
@@ -210,6 +215,12 @@ class LocalPool:
                     self._replace(i)
                     spawned_at[id(self.workers[i])] = time.monotonic()
         return results
+
+    def _measure(self, device: str, cost: float, seconds: float) -> None:
+        if seconds > 0:
+            rate = cost / seconds
+            old = self.throughput.get(device)
+            self.throughput[device] = rate if old is None else 0.7 * old + 0.3 * rate
 
     def _retry(self, pending, job: RetuneJob, attempt: int, why: str):
         return requeue(pending, job, attempt, why, self.max_retries)
