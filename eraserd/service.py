@@ -109,17 +109,7 @@ class Eraser:
             raise DataError("the store holds no training samples")
         feats = ensure_features(self.store, self.backbone, train + test)
         part = self._cluster(train, feats)
-        manifest = materialize(
-            self.cfg,
-            self.store,
-            self.registry,
-            self.backbone,
-            part,
-            {r.sample_id: feats[r.sample_id] for r in test},
-            None,
-            Change("build"),
-            self.executor,
-        )
+        manifest = self._materialize(part, feats, test, None, Change("build"))
         self._publish(manifest)
         return manifest
 
@@ -128,6 +118,27 @@ class Eraser:
         ids = [r.sample_id for r in train]
         return build_partition(
             ids, feats, self.cfg.seed, c.sample_size, c.distance_threshold, c.n_clusters
+        )
+
+    def _materialize(
+        self,
+        part: Partition,
+        feats: dict,
+        test: list[SampleRow],
+        previous: dict | None,
+        change: Change,
+    ) -> dict:
+        test_feats = {r.sample_id: feats[r.sample_id] for r in test}
+        return materialize(
+            self.cfg,
+            self.store,
+            self.registry,
+            self.backbone,
+            part,
+            test_feats,
+            previous,
+            change,
+            self.executor,
         )
 
     def _publish(self, manifest: dict) -> None:
@@ -201,17 +212,8 @@ class Eraser:
         # A retry after a crash between swap and purge finds the ids already out of the model.
         affected = tuple(sorted({old.keys[where[i]] for i in gone_train if i in where}))
         emit("retuning")
-        manifest = materialize(
-            self.cfg,
-            self.store,
-            self.registry,
-            self.backbone,
-            part,
-            {r.sample_id: feats[r.sample_id] for r in live_test},
-            manifest,
-            Change("forget", len(rows), recluster, batch, affected),
-            self.executor,
-        )
+        change = Change("forget", len(rows), recluster, batch, affected)
+        manifest = self._materialize(part, feats, live_test, manifest, change)
         sha = self.registry.write_version(manifest)
         emit("written")
         self.registry.swap(manifest["version"], sha)

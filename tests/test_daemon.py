@@ -35,10 +35,11 @@ def verify(config) -> dict:
     return json.loads(out.stdout)
 
 
-def published(daemon: DaemonProc, rid: str):
+def published(daemon: DaemonProc, rid: str, state: str = "published"):
+    """The request if it has reached ``state``, else None (for ``wait_for``)."""
     code, r = daemon.call("GET", f"/v1/deletions/{rid}")
     assert code == 200
-    return r if r["state"] == "published" else None
+    return r if r["state"] == state else None
 
 
 @pytest.mark.slow
@@ -49,7 +50,7 @@ def test_end_to_end_with_eraserctl(tmp_path, digits_data):
         d.wait_ready()
         status = json.loads(ctl("status", "--config", config, "--json").stdout)
         assert status["version"] == 1
-        out = ctl(
+        submit = [
             "submit-deletion",
             "--config",
             config,
@@ -59,29 +60,14 @@ def test_end_to_end_with_eraserctl(tmp_path, digits_data):
             "subj020",
             "--idempotency-key",
             "ticket-1",
-            "--wait",
-            "--timeout",
-            "120",
             "--json",
-        )
+        ]
+        out = ctl(*submit, "--wait", "--timeout", "120")
         r = json.loads(out.stdout)
         assert r["state"] == "published" and r["version"] == 2 and r["samples"] == 4
         # Published within one window plus the retune itself.
         assert r["published_at"] - r["created_at"] < 2.0 + 30
-        again = json.loads(
-            ctl(
-                "submit-deletion",
-                "--config",
-                config,
-                "--sample-id",
-                "s0004",
-                "--subject-id",
-                "subj020",
-                "--idempotency-key",
-                "ticket-1",
-                "--json",
-            ).stdout
-        )
+        again = json.loads(ctl(*submit).stdout)
         assert again["id"] == r["id"] and again["version"] == 2
         text = ctl("status", "--config", config).stdout
         assert text.startswith("version 2 ")
@@ -350,9 +336,7 @@ def test_a_failing_batch_keeps_the_old_version_serving(tmp_path, digits_data):
         code, r = d.call("POST", "/v1/deletions", {"sample_ids": ["s0020"]})
         assert code == 202
         failed = d.wait_for(
-            lambda: (lambda x: x if x["state"] == "failed" else None)(
-                d.call("GET", f"/v1/deletions/{r['id']}")[1]
-            ),
+            lambda: published(d, r["id"], "failed"),
             what="request to fail",
         )
         assert failed["attempts"] == 2 and failed["reason"].startswith("CorruptBlobError")
@@ -384,9 +368,7 @@ def test_a_batch_that_keeps_killing_the_daemon_is_abandoned(tmp_path, digits_dat
     try:
         second.wait_ready()
         failed = second.wait_for(
-            lambda: (lambda x: x if x["state"] == "failed" else None)(
-                second.call("GET", f"/v1/deletions/{r['id']}")[1]
-            ),
+            lambda: published(second, r["id"], "failed"),
             what="the request to be abandoned",
         )
         assert failed["reason"] == "the batch ended the daemon on every attempt"

@@ -23,21 +23,23 @@ from eraserd.service import Eraser
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def forget_two(er: Eraser) -> dict:
+    """Forget one clustering-sample point and one other training point; the model's view."""
+    rows = er.samples()
+    gone = [
+        next(r["sample_id"] for r in rows if r["in_clustering_sample"]),
+        next(
+            r["sample_id"] for r in rows if r["split"] == "train" and not r["in_clustering_sample"]
+        ),
+    ]
+    er.forget(sample_ids=gone)
+    return model_view(er)
+
+
 def build_and_forget(cfg, backbone=None) -> dict:
-    """Build, then forget one clustering-sample point and one other point."""
     with Eraser(cfg, backbone=backbone) as er:
         er.build()
-        rows = er.samples()
-        gone = [
-            next(r["sample_id"] for r in rows if r["in_clustering_sample"]),
-            next(
-                r["sample_id"]
-                for r in rows
-                if r["split"] == "train" and not r["in_clustering_sample"]
-            ),
-        ]
-        er.forget(sample_ids=gone)
-        return model_view(er)
+        return forget_two(er)
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +94,7 @@ def test_worker_killed_mid_job_is_retried(make_config, inline_view):
         assert killed[0] not in [p for ps in pool.worker_pids().values() for p in ps]
         retried = [k for k, j in manifest["change"]["jobs"].items() if j["attempts"] == 2]
         assert retried, manifest["change"]["jobs"]
-        rows = er.samples()
-        gone = [
-            next(r["sample_id"] for r in rows if r["in_clustering_sample"]),
-            next(
-                r["sample_id"]
-                for r in rows
-                if r["split"] == "train" and not r["in_clustering_sample"]
-            ),
-        ]
-        er.forget(sample_ids=gone)
-        assert model_view(er) == inline_view
+        assert forget_two(er) == inline_view
 
 
 @pytest.mark.slow

@@ -17,13 +17,13 @@ import os
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..dbutil import immediate
 from ..errors import DataError, UnknownIdError
 from ..fsutil import atomic_write, fsync_dir, private_dir
 from ..ids import private_key
@@ -103,15 +103,8 @@ class Store:
             atomic_write(path, secrets.token_hex(32).encode(), mode=0o600)
         return bytes.fromhex(path.read_text().strip())
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self):
+        return immediate(self._db)
 
     def key_of(self, sample_id: str) -> str:
         return private_key(self.secret, "sample", sample_id)
