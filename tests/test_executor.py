@@ -169,3 +169,47 @@ def test_ray_matches_inline(tmp_path, digits_data, inline_view):
     view = json.loads(out.read_text())
     expected = json.loads(json.dumps(inline_view))  # tuples become lists, as in the file
     assert view == expected
+
+
+@pytest.mark.slow
+def test_a_job_over_its_timeout_is_killed_and_fails(make_config):
+    import torch
+
+    from eraserd.executor.local import LocalPool
+    from eraserd.training.engine import ClusterData
+
+    cfg = make_config("timeout", training={"epochs": 50})
+    pool = LocalPool(cfg, ["cpu"], max_retries=0, job_timeout_s=1.0)
+
+    def slow_data():
+        g = torch.Generator().manual_seed(0)
+        return ClusterData(
+            torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g),
+            torch.arange(64) % 10,
+            3,
+        )
+
+    try:
+        pool.run(
+            [
+                RetuneJob(
+                    "cwarm",
+                    1.0,
+                    10,
+                    lambda: ClusterData(  # the worker is up first
+                        torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
+                        torch.zeros(2, dtype=torch.int64),
+                        1,
+                    ),
+                )
+            ]
+        )
+        first = pool.worker_pids()["cpu"][0]
+        with pytest.raises(
+            ExecutorError,
+            match="cluster cslow: retune failed 1 times; last error: worker timed out",
+        ):
+            pool.run([RetuneJob("cslow", 3200.0, 10, slow_data)])
+        assert pool.worker_pids()["cpu"][0] != first, "the stuck worker is replaced"
+    finally:
+        pool.close()

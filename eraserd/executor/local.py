@@ -147,6 +147,16 @@ class LocalPool:
         self.restarts += 1
 
     def run(self, jobs: list[RetuneJob], on_done: OnDone | None = None) -> dict[str, JobResult]:
+        try:
+            return self._run(jobs, on_done)
+        except BaseException:
+            # Leave no worker busy with a job of a failed run: the pool serves the next batch.
+            for i, w in enumerate(self.workers):
+                if w.job is not None or not w.proc.is_alive():
+                    self._replace(i)
+            raise
+
+    def _run(self, jobs: list[RetuneJob], on_done: OnDone | None) -> dict[str, JobResult]:
         pending = [(job, 1) for job in schedule_order(jobs)]
         attempts: dict[int, int] = {}
         by_id: dict[int, RetuneJob] = {}

@@ -87,10 +87,20 @@ class RayExecutor:
         self.restarts += 1
 
     def run(self, jobs: list[RetuneJob], on_done: OnDone | None = None) -> dict[str, JobResult]:
+        inflight: dict = {}
+        try:
+            return self._run(jobs, on_done, inflight)
+        except BaseException:
+            for i, _, _ in list(inflight.values()):  # no actor stays busy with a failed run
+                self._restart(i)
+            raise
+
+    def _run(
+        self, jobs: list[RetuneJob], on_done: OnDone | None, inflight: dict
+    ) -> dict[str, JobResult]:
         ray = self._ray
         pending = [(job, 1) for job in schedule_order(jobs)]
         free = list(range(len(self.actors)))
-        inflight: dict = {}
         results: dict[str, JobResult] = {}
         while len(results) < len(jobs):
             while free and pending:
