@@ -55,6 +55,10 @@ class Executor(Protocol):
         """Run every job; raise ``ExecutorError`` if one keeps failing."""
         ...
 
+    def workers_up(self) -> dict[str, int]:
+        """Live, ready workers by device (``cpu``, ``cuda:0``, ``ray:GPU`` ...)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -96,6 +100,9 @@ class InlineExecutor:
             if on_done is not None:
                 on_done(job, res)
         return out
+
+    def workers_up(self) -> dict[str, int]:
+        return {str(self.backbone.device): 1}
 
     def close(self) -> None:
         pass

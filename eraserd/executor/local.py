@@ -132,6 +132,13 @@ class LocalPool:
             out.setdefault(w.device, []).append(w.proc.pid)
         return out
 
+    def workers_up(self) -> dict[str, int]:
+        out = {d: 0 for d in self.devices}
+        for w in self.workers:
+            if w.ready and w.proc.is_alive():
+                out[w.device] += 1
+        return out
+
     def busy_pids(self) -> list[int]:
         return [w.proc.pid for w in self.workers if w.job is not None and w.proc.is_alive()]
 

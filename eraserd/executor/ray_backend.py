@@ -71,12 +71,18 @@ class RayExecutor:
                 )
         else:
             n = max(1, int(ray.cluster_resources().get("CPU", 1) // rc.num_cpus_per_job))
+        self._gpu = rc.num_gpus_per_job > 0
         self._actor_cls = ray.remote(num_gpus=rc.num_gpus_per_job, num_cpus=rc.num_cpus_per_job)(
             _RetuneActor
         )
         self._args = (cfg.to_dict(), rc.device)
         self.actors = [self._actor_cls.remote(*self._args) for _ in range(n)]
         self.restarts = 0
+
+    def workers_up(self) -> dict[str, int]:
+        """Actors by the resource they hold; a dead actor is replaced when its job fails."""
+        kind = "ray:GPU" if self._gpu else "ray:CPU"
+        return {kind: len(self.actors)}
 
     def actor_pids(self) -> list[int]:
         return self._ray.get([a.pid.remote() for a in self.actors])
