@@ -134,8 +134,8 @@ class LocalPool:
 
     def workers_up(self) -> dict[str, int]:
         out = {d: 0 for d in self.devices}
-        for w in self.workers:
-            if w.ready and w.proc.is_alive():
+        for w in list(self.workers):  # read from other threads (metrics): no queue access
+            if w.proc.is_alive():
                 out[w.device] += 1
         return out
 
