@@ -23,9 +23,10 @@ from .data.store import SampleRow, Store
 from .executor import Executor, RetuneJob
 from .ids import member_seed, sha256_hex
 from .model.backbone import Backbone
+from .model.fastpath import FASTPATH_VERSION
 from .progress import bar
 from .registry import FORMAT, Registry
-from .training.engine import ClusterData, predict_batch
+from .training.engine import ENGINE_VERSION, ClusterData, predict_batch
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,14 @@ class Change:
     affected: tuple[str, ...] = ()
 
 
-def train_fingerprint(cfg: Config, backbone: Backbone, classes: list[str]) -> str:
+def train_fingerprint(
+    cfg: Config, backbone: Backbone, classes: list[str], device_kind: str = "cpu"
+) -> str:
     """Everything besides membership that shapes a trained prompt/head, bit for bit.
 
-    ``runtime`` is included: thread count and device change floating-point results.
+    ``runtime`` is included (thread count, determinism, precision change float results), as
+    are the engine's and the prepared backbone's versions and the kind of device the executor
+    trains on: a model trained on a GPU is not what a CPU rebuild would produce.
     """
     return sha256_hex(
         "|".join(
@@ -49,6 +54,9 @@ def train_fingerprint(cfg: Config, backbone: Backbone, classes: list[str]) -> st
                 cfg.section_hash("seed", "training", "prompt", "runtime"),
                 backbone.fingerprint,
                 ",".join(classes),
+                ENGINE_VERSION,
+                FASTPATH_VERSION,
+                f"device={device_kind}",
             ]
         ).encode()
     )
@@ -97,7 +105,7 @@ def materialize(
     started = time.perf_counter()
     classes = store.classes()
     by_id = {r.sample_id: r for r in store.rows()}
-    fp_train = train_fingerprint(cfg, backbone, classes)
+    fp_train = train_fingerprint(cfg, backbone, classes, executor.device_kind())
     reusable = {}
     if previous is not None and previous["train_fingerprint"] == fp_train:
         reusable = {c["members"]: c for c in previous["clusters"]}

@@ -132,12 +132,26 @@ class RuntimeConfig:
     num_threads: int = 2
     """Fixed intra-op thread count: CPU results are bitwise reproducible only at a fixed count."""
     deterministic: bool = True
+    """Bitwise reproducible retunes: each cluster's micro-batch goes through the backbone on
+    its own, with deterministic kernels. ``false`` packs many clusters into one backbone pass
+    (fast on GPUs); results then match solo training only up to float rounding."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Backbone passes of the retune engine; ``auto``: bf16 on CUDA when not deterministic."""
+    compile: bool = False
+    """``torch.compile`` the backbone once per worker (pays off on GPUs for long batches)."""
 
     def __post_init__(self) -> None:
         _check(
             self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu or cuda[:N]"
         )
         _check(self.num_threads >= 1, "num_threads must be at least 1")
+        _check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
+
+    @property
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if self.device.startswith("cuda") and not self.deterministic else "fp32"
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,11 @@ class ExecutorConfig:
     max_retries: int = 2
     """A failed job is retried this many times, on any device, before the batch fails."""
     job_timeout_s: float = 3600.0
+    pack_clusters: int | None = None
+    """Clusters trained together in one job on one device. null: 1 on CPU, where packing
+    brings no speed, and up to 64 on CUDA."""
+    pack_images: int = 1024
+    """Upper bound on the images of one packed step (sum of the clusters' micro-batches)."""
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
@@ -181,6 +200,11 @@ class ExecutorConfig:
                 _check(d == "cpu" or d.startswith("cuda"), f"devices holds an unknown device {d!r}")
         _check(self.max_retries >= 0, "max_retries must not be negative")
         _check(self.job_timeout_s > 0, "job_timeout_s must be positive")
+        _check(
+            self.pack_clusters is None or self.pack_clusters >= 1,
+            "pack_clusters must be null or at least 1",
+        )
+        _check(self.pack_images >= 1, "pack_images must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -202,6 +226,8 @@ class DaemonConfig:
     token_file: Path | None = None
     """Bearer token file (0600), created on first start. Default: ``state_dir/api-token``."""
     log_json: bool = False
+    rate_horizon_s: float = 3600.0
+    """Look-back of the deletion-rate estimate (the Poisson model's rate) in ``/metrics``."""
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "host must not be empty")
@@ -212,6 +238,7 @@ class DaemonConfig:
         _check(self.deadline_margin_s >= 0, "deadline_margin_s must not be negative")
         _check(self.max_attempts >= 1, "max_attempts must be at least 1")
         _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
+        _check(self.rate_horizon_s > 0, "rate_horizon_s must be positive")
 
 
 @dataclass(frozen=True)

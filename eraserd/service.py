@@ -26,7 +26,7 @@ from .clustering import (
 from .config import Config
 from .data.sources import open_source
 from .data.store import SampleRow, Store
-from .errors import DataError, RegistryError
+from .errors import ConfigError, DataError, RegistryError
 from .executor import Executor, create_executor
 from .ids import unit_interval
 from .model.backbone import Backbone, load_backbone
@@ -239,6 +239,13 @@ class Eraser:
         """Rebuild from scratch on the live data in a private temp dir and compare."""
         current = self.registry.load()
         self.check_blobs(current)
+        trained_det = current["config"].get("runtime", {}).get("deterministic", True)
+        if not (self.cfg.runtime.deterministic and trained_det):
+            raise ConfigError(
+                "runtime.deterministic: verify compares bit for bit, which needs a model trained "
+                "and rebuilt in deterministic mode; packed mode (deterministic: false) matches a "
+                "rebuild only up to float rounding"
+            )
         tmp = Path(tempfile.mkdtemp(prefix=".verify-", dir=self.cfg.state_dir))
         try:
             shutil.copy2(self.cfg.state_dir / "secret", tmp / "secret")

@@ -10,7 +10,7 @@ from eraserd.config import BackboneConfig, PromptConfig, RuntimeConfig, Training
 from eraserd.errors import ConfigError
 from eraserd.model.backbone import load_backbone
 from eraserd.model.prompt import border_mask
-from eraserd.training.engine import ClusterData, augment, lr_factor, train_cluster
+from eraserd.training.engine import ClusterData, crop_flip, lr_factor, train_cluster
 
 RT = RuntimeConfig()
 
@@ -105,12 +105,18 @@ def test_lr_schedule_warms_up_then_decays():
     assert vals[-1] < 0.05
 
 
-def test_augment_is_seeded_and_keeps_shape():
-    x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
-    a = augment(x, torch.Generator().manual_seed(1), 2, True)
-    b = augment(x, torch.Generator().manual_seed(1), 2, True)
-    c = augment(x, torch.Generator().manual_seed(2), 2, True)
-    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+def test_crop_flip_gather_equals_slicing():
+    """The one-gather crop and flip equals cropping by slicing and mirroring, exactly."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=g)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    rows = torch.tensor([4, 0, 0, 2, 1, 3])
+    dy, dx = torch.tensor([0, 4, 1, 2, 3, 0]), torch.tensor([4, 0, 2, 1, 3, 0])
+    flip = torch.tensor([True, False, True, False, True, False])
+    out = crop_flip(padded, rows, dy, dx, flip, 16)
+    for i in range(6):
+        ref = padded[rows[i], :, dy[i] : dy[i] + 16, dx[i] : dx[i] + 16]
+        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref)
 
 
 def _cluster(seed: int, n: int = 12) -> ClusterData:

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from ..config import Config
 from ..model.backbone import Backbone
-from .base import Executor, ExecutorError, InlineExecutor, JobResult, RetuneJob, schedule_order
+from .base import (
+    Executor,
+    ExecutorError,
+    InlineExecutor,
+    JobResult,
+    Pack,
+    RetuneJob,
+    plan_packs,
+    schedule_order,
+)
 
 __all__ = [
     "Executor",
     "ExecutorError",
     "JobResult",
+    "Pack",
     "RetuneJob",
+    "plan_packs",
     "create_executor",
     "schedule_order",
 ]

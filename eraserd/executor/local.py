@@ -18,7 +18,17 @@ import torch
 import torch.multiprocessing as mp
 
 from ..config import Config, config_from_dict
-from .base import ExecutorError, JobResult, OnDone, RetuneJob, requeue, run_job, schedule_order
+from .base import (
+    ExecutorError,
+    JobResult,
+    OnDone,
+    Pack,
+    RetuneJob,
+    pack_limit,
+    plan_packs,
+    requeue,
+    run_pack,
+)
 
 
 def resolve_devices(spec: str | tuple[str, ...]) -> list[str]:
@@ -64,10 +74,10 @@ def _worker_main(cfg_plain: dict, device: str, parent: int, inbox, outbox) -> No
             continue
         if msg is None:
             return
-        job_id, num_classes, images, labels, seed = msg
+        job_id, num_classes, parts = msg
         try:
-            r = run_job(backbone, cfg, num_classes, ClusterData(images, labels, seed))
-            outbox.put(("done", device, job_id, (r.prompt, r.weight, r.bias, r.seconds)))
+            datas = [ClusterData(images, labels, seed) for images, labels, seed in parts]
+            outbox.put(("done", device, job_id, run_pack(backbone, cfg, num_classes, datas)))
         except Exception as exc:  # CUDA errors and out-of-memory included: the parent retries
             outbox.put(("error", device, job_id, f"{type(exc).__name__}: {exc}"))
             if isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA" in str(exc):
@@ -86,7 +96,7 @@ class _Worker:
         )
         self.proc.start()
         self.ready = False
-        self.job: tuple[int, RetuneJob, float] | None = None  # (job id, job, started)
+        self.job: tuple[int, Pack, float] | None = None  # (job id, pack, started)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.is_alive():
@@ -111,6 +121,7 @@ class LocalPool:
     ):
         if not devices:
             raise ExecutorError("executor.devices: no devices to run on")
+        self.cfg = cfg
         self.cfg_plain = cfg.to_dict()
         self.devices = list(devices)
         self.max_retries = max_retries
@@ -163,10 +174,14 @@ class LocalPool:
                     self._replace(i)
             raise
 
+    def device_kind(self) -> str:
+        return "+".join(sorted({d.split(":")[0] for d in self.devices}))
+
     def _run(self, jobs: list[RetuneJob], on_done: OnDone | None) -> dict[str, JobResult]:
-        pending = [(job, 1) for job in schedule_order(jobs)]
+        limit = pack_limit(self.cfg, {d.split(":")[0] for d in self.devices})
+        pending = [(pack, 1) for pack in plan_packs(jobs, limit, len(self.workers))]
         attempts: dict[int, int] = {}
-        by_id: dict[int, RetuneJob] = {}
+        by_id: dict[int, Pack] = {}
         results: dict[str, JobResult] = {}
         next_id = 0
         spawned_at = {id(w): time.monotonic() for w in self.workers}
@@ -175,12 +190,12 @@ class LocalPool:
             free = [w for w in self.workers if w.ready and w.job is None and w.proc.is_alive()]
             for w in sorted(free, key=lambda w: -self.throughput.get(w.device, 0.0)):
                 if pending:
-                    job, attempt = pending.pop(0)
-                    data = job.load()
+                    pack, attempt = pending.pop(0)
+                    parts = [(d.images, d.labels, d.seed) for d in pack.load()]
                     next_id += 1
-                    by_id[next_id], attempts[next_id] = job, attempt
-                    w.inbox.put((next_id, job.num_classes, data.images, data.labels, data.seed))
-                    w.job = (next_id, job, time.monotonic())
+                    by_id[next_id], attempts[next_id] = pack, attempt
+                    w.inbox.put((next_id, pack.num_classes, parts))
+                    w.job = (next_id, pack, time.monotonic())
             try:
                 kind, device, ident, payload = self._outbox.get(timeout=0.1)
             except queue_mod.Empty:
@@ -193,25 +208,16 @@ class LocalPool:
                 w = next((w for w in self.workers if w.job and w.job[0] == ident), None)
                 if w is None:
                     continue  # a result from a worker already given up on
-                job, attempt = by_id[ident], attempts[ident]
+                pack, attempt = by_id[ident], attempts[ident]
                 w.job = None
                 if kind == "done":
-                    prompt, weight, bias, seconds = payload
-                    res = JobResult(
-                        job.key,
-                        prompt.clone(),
-                        weight.clone(),
-                        bias.clone(),
-                        seconds,
-                        device,
-                        attempt,
-                    )
-                    results[job.key] = res
-                    self._measure(device, job.cost, seconds)
-                    if on_done is not None:
-                        on_done(job, res)
+                    self._measure(device, pack.cost, sum(out[3] for out in payload))
+                    for job, res in zip(pack.jobs, pack.results(payload, device, attempt)):
+                        results[job.key] = res
+                        if on_done is not None:
+                            on_done(job, res)
                 else:  # a worker that gave up its CUDA context exits; the check below respawns
-                    pending = self._retry(pending, job, attempt, payload)
+                    pending = self._retry(pending, pack, attempt, payload)
             now = time.monotonic()
             for i, w in enumerate(list(self.workers)):  # deaths and timeouts
                 dead = not w.proc.is_alive()
@@ -239,5 +245,5 @@ class LocalPool:
             old = self.throughput.get(device)
             self.throughput[device] = rate if old is None else 0.7 * old + 0.3 * rate
 
-    def _retry(self, pending, job: RetuneJob, attempt: int, why: str):
-        return requeue(pending, job, attempt, why, self.max_retries)
+    def _retry(self, pending, pack: Pack, attempt: int, why: str):
+        return requeue(pending, pack, attempt, why, self.max_retries)

@@ -10,7 +10,17 @@ import dataclasses
 import os
 
 from ..config import Config, config_from_dict
-from .base import ExecutorError, JobResult, OnDone, RetuneJob, requeue, run_job, schedule_order
+from .base import (
+    ExecutorError,
+    JobResult,
+    OnDone,
+    Pack,
+    RetuneJob,
+    pack_limit,
+    plan_packs,
+    requeue,
+    run_pack,
+)
 
 
 class _RetuneActor:
@@ -35,11 +45,11 @@ class _RetuneActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def train(self, num_classes: int, images, labels, seed: int):
+    def train(self, num_classes: int, parts: list):
         from ..training.engine import ClusterData
 
-        r = run_job(self.backbone, self.cfg, num_classes, ClusterData(images, labels, seed))
-        return r.prompt, r.weight, r.bias, r.seconds, self.device
+        datas = [ClusterData(images, labels, seed) for images, labels, seed in parts]
+        return run_pack(self.backbone, self.cfg, num_classes, datas), self.device
 
 
 class RayExecutor:
@@ -75,6 +85,8 @@ class RayExecutor:
         self._actor_cls = ray.remote(num_gpus=rc.num_gpus_per_job, num_cpus=rc.num_cpus_per_job)(
             _RetuneActor
         )
+        self.cfg = cfg
+        self._device_pref = rc.device
         self._args = (cfg.to_dict(), rc.device)
         self.actors = [self._actor_cls.remote(*self._args) for _ in range(n)]
         self.restarts = 0
@@ -83,6 +95,11 @@ class RayExecutor:
         """Actors by the resource they hold; a dead actor is replaced when its job fails."""
         kind = "ray:GPU" if self._gpu else "ray:CPU"
         return {kind: len(self.actors)}
+
+    def device_kind(self) -> str:
+        if self._device_pref != "auto":
+            return self._device_pref.split(":")[0]
+        return "ray-gpu" if self._gpu else "cpu"
 
     def actor_pids(self) -> list[int]:
         return self._ray.get([a.pid.remote() for a in self.actors])
@@ -105,48 +122,48 @@ class RayExecutor:
         self, jobs: list[RetuneJob], on_done: OnDone | None, inflight: dict
     ) -> dict[str, JobResult]:
         ray = self._ray
-        pending = [(job, 1) for job in schedule_order(jobs)]
+        kinds = {"cuda" if self._gpu else "cpu"}
+        limit = pack_limit(self.cfg, kinds)
+        pending = [(pack, 1) for pack in plan_packs(jobs, limit, len(self.actors))]
         free = list(range(len(self.actors)))
         results: dict[str, JobResult] = {}
         while len(results) < len(jobs):
             while free and pending:
-                job, attempt = pending.pop(0)
+                pack, attempt = pending.pop(0)
                 i = free.pop(0)
-                data = job.load()
-                ref = self.actors[i].train.remote(
-                    job.num_classes, data.images, data.labels, data.seed
-                )
-                inflight[ref] = (i, job, attempt)
+                parts = [(d.images, d.labels, d.seed) for d in pack.load()]
+                ref = self.actors[i].train.remote(pack.num_classes, parts)
+                inflight[ref] = (i, pack, attempt)
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=self.job_timeout_s)
             if not done:
-                for i, job, attempt in list(inflight.values()):
-                    pending = self._retry(pending, job, attempt, "job timed out")
+                for i, pack, attempt in list(inflight.values()):
+                    pending = self._retry(pending, pack, attempt, "job timed out")
                     self._restart(i)
                     free.append(i)
                 inflight.clear()
                 continue
             ref = done[0]
-            i, job, attempt = inflight.pop(ref)
+            i, pack, attempt = inflight.pop(ref)
             try:
-                prompt, weight, bias, seconds, device = ray.get(ref)
+                outputs, device = ray.get(ref)
             except (
                 ray.exceptions.RayActorError,
                 ray.exceptions.RayTaskError,
                 ray.exceptions.WorkerCrashedError,
             ) as exc:
-                pending = self._retry(pending, job, attempt, f"{type(exc).__name__}")
+                pending = self._retry(pending, pack, attempt, f"{type(exc).__name__}")
                 self._restart(i)
                 free.append(i)
                 continue
             free.append(i)
-            res = JobResult(job.key, prompt, weight, bias, seconds, device, attempt)
-            results[job.key] = res
-            if on_done is not None:
-                on_done(job, res)
+            for job, res in zip(pack.jobs, pack.results(outputs, device, attempt)):
+                results[job.key] = res
+                if on_done is not None:
+                    on_done(job, res)
         return results
 
-    def _retry(self, pending, job: RetuneJob, attempt: int, why: str):
-        return requeue(pending, job, attempt, why, self.max_retries)
+    def _retry(self, pending, pack: Pack, attempt: int, why: str):
+        return requeue(pending, pack, attempt, why, self.max_retries)
 
     def close(self) -> None:
         for a in self.actors:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import BUILTIN_LITE0, BackboneConfig, RuntimeConfig
 from ..errors import ConfigError
+from .fastpath import is_convnet, prepare_train_model
 
 
 @dataclass
@@ -27,6 +28,19 @@ class Backbone:
     device: torch.device
     numerics: str = ""
     """Runtime settings that change floating-point results (device, threads, determinism)."""
+    train_model: nn.Module | None = None
+    """The network the retune engine and inference run: BatchNorm folded, see ``fastpath``."""
+    channels_last: bool = False
+    deterministic: bool = True
+    precision: str = "fp32"
+    """``fp32`` or ``bf16`` (autocast) for the retune engine's backbone passes."""
+
+    @property
+    def trainer(self) -> nn.Module:
+        return self.train_model if self.train_model is not None else self.model
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @property
     def feature_key(self) -> str:
@@ -165,6 +179,9 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     numerics = f"{runtime.device}|threads={runtime.num_threads}|det={runtime.deterministic}"
+    train_model = prepare_train_model(model, cfg.image_size, device)
+    if runtime.compile:
+        train_model = torch.compile(train_model)  # compiled lazily, once per worker process
     return Backbone(
         model,
         cfg.name,
@@ -175,4 +192,8 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
         std,
         device,
         numerics,
+        train_model=train_model,
+        channels_last=is_convnet(model),
+        deterministic=runtime.deterministic,
+        precision=runtime.resolved_precision,
     )

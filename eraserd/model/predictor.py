@@ -73,8 +73,10 @@ class Predictor:
     def predict_bytes(self, data: bytes) -> Prediction:
         view = canonical_view(data, self.backbone.image_size)
         k = int(nearest(self.backbone.feature(view)[None, :], self.prototypes)[0])
-        x = self.backbone.normalize(view.unsqueeze(0)) + self.prompts[k]
-        logits = F.linear(self.backbone.model(x), self.weights[k], self.biases[k])[0]
+        x = self.backbone.prepare_input(
+            self.backbone.normalize(view.unsqueeze(0)) + self.prompts[k]
+        )
+        logits = F.linear(self.backbone.trainer(x).float(), self.weights[k], self.biases[k])[0]
         probs = logits.float().softmax(0)
         idx = int(probs.argmax())
         return Prediction(self.classes[idx], idx, self.keys[k], self.version, float(probs[idx]))

@@ -1,9 +1,25 @@
-"""Per-cluster prompt and head tuning. Knows nothing of stores, registries or daemons.
+"""The retune engine: many clusters' prompts and heads trained together on one device.
 
-A cluster's result is a pure function of (its images and labels, its seed, the config, the
-backbone): one ``torch.Generator`` seeded from the cluster's own membership drives every random
-draw (initialisation, shuffling, augmentation) in a fixed order, and the loss is averaged over
-that cluster's own batch.
+Each cluster's result is a pure function of (its images and labels, its seed, the config, the
+backbone). A cluster keeps its own everything: one ``torch.Generator`` seeded from its own
+membership draws, in a fixed order, its initial prompt and head, every epoch's order and every
+crop and flip; its loss is averaged over its own micro-batch; its learning-rate schedule counts
+its own steps; its SGD momentum buffer is its own. A cluster that has finished (or is absent
+from a step) gets no update at all, not even a momentum or weight-decay step.
+
+Two ways through the backbone (``runtime.deterministic``):
+
+* **deterministic** (default): each cluster's micro-batch goes through the backbone on its
+  own, exactly as if it were trained alone. CPU and GPU kernels are not batch-invariant (a
+  sample's output can change in its last bits with the batch around it), so this is what
+  makes a cluster's prompt and head bitwise independent of which clusters share its pack.
+* **packed** (``deterministic: false``): the micro-batches of every active cluster are
+  concatenated, sorted by cluster, and go through the backbone in one pass (bf16 autocast on
+  CUDA); all heads are applied with one batched matmul. Mathematically identical to solo
+  training, equal to it up to float rounding.
+
+Everything random is drawn on the host up front, so the step loop never waits on the device:
+images live on the device as uint8, and crops and flips are one gather there.
 """
 
 from __future__ import annotations
@@ -11,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +36,9 @@ import torch.nn.functional as F
 from ..config import PromptConfig, RuntimeConfig, TrainingConfig
 from ..model.backbone import Backbone
 from ..model.prompt import apply_prompt, border_mask
+
+ENGINE_VERSION = "packed-1"
+"""Changes whenever the engine's arithmetic changes: part of the train fingerprint."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,7 @@ class TrainedCluster:
     bias: torch.Tensor  # float32 [C]
     steps: int
     seconds: float
+    """The pack's wall time, shared out by image-steps."""
 
 
 def configure_torch(runtime: RuntimeConfig) -> None:
@@ -48,6 +68,14 @@ def configure_torch(runtime: RuntimeConfig) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+        if runtime.device.startswith("cuda"):
+            # FlashAttention's backward accumulates with atomics; the math and memory-efficient
+            # kernels have deterministic backward passes.
+            torch.backends.cuda.enable_flash_sdp(False)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -58,36 +86,275 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
 
 
-def augment(images: torch.Tensor, gen: torch.Generator, padding: int, hflip: bool) -> torch.Tensor:
-    """Random translation (zero padding, then crop) and optional horizontal flip."""
-    n, _, h, w = images.shape
-    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen) if padding else None
-    flips = torch.rand(n, generator=gen) < 0.5 if hflip else None
-    out = images
-    if padding:
-        padded = F.pad(images, (padding, padding, padding, padding))
-        out = torch.stack(
-            [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
-        )
-    if flips is not None and bool(flips.any()):
-        out = out.clone()
-        out[flips] = out[flips].flip(-1)
-    return out
+# --- the host-side plan: every random draw, made up front -------------------------------------
 
 
-def _init_params(
-    gen: torch.Generator,
+@dataclass(frozen=True)
+class ClusterPlan:
+    prompt: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    sizes: tuple[int, ...]
+    """Rows of each of the cluster's steps."""
+    factors: tuple[float, ...]
+    """Learning-rate factor of each step."""
+    index: torch.Tensor
+    """int64 [rows]: the sample (within the cluster) of each row, step after step."""
+    dy: torch.Tensor
+    dx: torch.Tensor
+    flip: torch.Tensor
+    """bool [rows]."""
+
+
+def plan_cluster(
+    data: ClusterData,
+    tcfg: TrainingConfig,
+    pcfg: PromptConfig,
     size: int,
     num_classes: int,
     num_features: int,
-    pcfg: PromptConfig,
-    mask: torch.Tensor,
-):
-    prompt = torch.randn(3, size, size, generator=gen) * pcfg.init_std * mask[0].cpu()
+) -> ClusterPlan:
+    """Draw a cluster's initial parameters and its whole data and augmentation stream.
+
+    The draw order is fixed: prompt, weight, bias; then per epoch a permutation and per step
+    the crop offsets and the flips.
+    """
+    n = int(data.images.shape[0])
+    if n == 0:
+        raise ValueError("cannot train an empty cluster")
+    gen = torch.Generator().manual_seed(data.seed)
+    mask = border_mask(size, pcfg.width)[0]
+    prompt = torch.randn(3, size, size, generator=gen) * pcfg.init_std * mask
     bound = 1.0 / math.sqrt(num_features)
     weight = (torch.rand(num_classes, num_features, generator=gen) * 2 - 1) * bound
     bias = (torch.rand(num_classes, generator=gen) * 2 - 1) * bound
-    return prompt, weight, bias
+    pad, b = tcfg.augment.crop_padding, tcfg.batch_size
+    index, offsets, flips, sizes = [], [], [], []
+    for _ in range(tcfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        for lo in range(0, n, b):
+            idx = order[lo : lo + b]
+            index.append(idx)
+            sizes.append(len(idx))
+            if pad:
+                offsets.append(torch.randint(0, 2 * pad + 1, (len(idx), 2), generator=gen))
+            else:
+                offsets.append(torch.zeros(len(idx), 2, dtype=torch.int64))
+            if tcfg.augment.hflip:
+                flips.append(torch.rand(len(idx), generator=gen) < 0.5)
+            else:
+                flips.append(torch.zeros(len(idx), dtype=torch.bool))
+    per_epoch = math.ceil(n / b)
+    total, warmup = per_epoch * tcfg.epochs, round(per_epoch * tcfg.warmup_epochs)
+    off = torch.cat(offsets)
+    return ClusterPlan(
+        prompt,
+        weight,
+        bias,
+        tuple(sizes),
+        tuple(lr_factor(s, total, warmup) for s in range(total)),
+        torch.cat(index),
+        off[:, 0].contiguous(),
+        off[:, 1].contiguous(),
+        torch.cat(flips),
+    )
+
+
+def crop_flip(
+    padded: torch.Tensor,
+    rows: torch.Tensor,
+    dy: torch.Tensor,
+    dx: torch.Tensor,
+    flip: torch.Tensor,
+    size: int,
+) -> torch.Tensor:
+    """Crop ``size``-pixel windows at (dy, dx) out of zero-padded images, mirrored where
+    ``flip``: one gather, on whatever device the tensors live. Exact (uint8 copies)."""
+    ar = torch.arange(size, device=padded.device)
+    r = dy[:, None] + ar
+    c = dx[:, None] + torch.where(flip[:, None], size - 1 - ar, ar)
+    ch = torch.arange(padded.shape[1], device=padded.device)
+    return padded[
+        rows[:, None, None, None], ch[None, :, None, None], r[:, None, :, None], c[:, None, None, :]
+    ]
+
+
+# --- the device-side loop ---------------------------------------------------------------------
+
+
+class _Cluster:
+    """One cluster's device state: parameters, momentum, its plan's rows on the device."""
+
+    def __init__(self, plan: ClusterPlan, base: int, device: torch.device):
+        self.plan = plan
+        self.params = [
+            t.to(device).requires_grad_(True) for t in (plan.prompt, plan.weight, plan.bias)
+        ]
+        self.momentum: list[torch.Tensor] | None = None
+        starts = [0]
+        for s in plan.sizes:
+            starts.append(starts[-1] + s)
+        self.starts = starts
+        self.rows = (plan.index + base).to(device)
+        self.dy, self.dx, self.flip = (t.to(device) for t in (plan.dy, plan.dx, plan.flip))
+
+    @property
+    def steps(self) -> int:
+        return len(self.plan.sizes)
+
+    def slice(self, step: int) -> slice:
+        return slice(self.starts[step], self.starts[step + 1])
+
+
+def _sgd_step(clusters: list[_Cluster], first: bool, tcfg: TrainingConfig, step: int) -> None:
+    """SGD with momentum (PyTorch semantics) for exactly the clusters given.
+
+    foreach kernels apply the same per-tensor arithmetic whichever tensors share the list,
+    so a cluster's update does not depend on its companions.
+    """
+    params = [p for c in clusters for p in c.params]
+    grads = [p.grad for p in params]
+    if tcfg.weight_decay:
+        torch._foreach_add_(grads, params, alpha=tcfg.weight_decay)
+    if tcfg.momentum:
+        if first:
+            for c in clusters:
+                c.momentum = [p.grad.clone() for p in c.params]
+        else:
+            bufs = [b for c in clusters for b in c.momentum]
+            torch._foreach_mul_(bufs, tcfg.momentum)
+            torch._foreach_add_(bufs, grads)
+        updates = [b for c in clusters for b in c.momentum]
+    else:
+        updates = grads
+    scales = []
+    for c in clusters:
+        f = c.plan.factors[step]
+        scales += [-tcfg.prompt_lr * f, -tcfg.head_lr * f, -tcfg.head_lr * f]
+    torch._foreach_add_(params, torch._foreach_mul(updates, scales))
+    for p in params:
+        p.grad = None
+
+
+def train_pack(
+    backbone: Backbone,
+    datas: Sequence[ClusterData],
+    tcfg: TrainingConfig,
+    pcfg: PromptConfig,
+    num_classes: int,
+    on_step: Callable[[int], None] | None = None,
+) -> list[TrainedCluster]:
+    """Train every cluster of ``datas`` from scratch, together; results in input order."""
+    start = time.perf_counter()
+    device, size = backbone.device, backbone.image_size
+    plans = [plan_cluster(d, tcfg, pcfg, size, num_classes, backbone.num_features) for d in datas]
+    pad = tcfg.augment.crop_padding
+    images = torch.cat([d.images for d in datas]).to(device)
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
+    bases = [0]
+    for d in datas[:-1]:
+        bases.append(bases[-1] + int(d.images.shape[0]))
+    labels = torch.cat([d.labels for d in datas]).to(device)
+    clusters = [_Cluster(p, b, device) for p, b in zip(plans, bases)]
+    mask = border_mask(size, pcfg.width, device)
+    model = backbone.trainer
+    bf16 = backbone.precision == "bf16"
+    packed = not backbone.deterministic and len(clusters) > 1
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(backbone.prepare_input(x)).float()
+
+    for step in range(max(c.steps for c in clusters)):
+        active = [c for c in clusters if step < c.steps]
+        if packed:
+            _packed_step(active, step, padded, labels, mask, size, num_classes, features, backbone)
+        else:
+            for c in active:
+                sl = c.slice(step)
+                rows = c.rows[sl]
+                views = crop_flip(padded, rows, c.dy[sl], c.dx[sl], c.flip[sl], size)
+                prompt, weight, bias = c.params
+                x = apply_prompt(backbone.normalize(views), prompt, mask)
+                loss = F.cross_entropy(F.linear(features(x), weight, bias), labels[rows])
+                loss.backward()
+        with torch.no_grad():
+            _sgd_step(active, step == 0, tcfg, step)
+        if on_step is not None:
+            on_step(sum(c.plan.sizes[step] for c in active))
+
+    seconds = time.perf_counter() - start
+    work = [sum(p.sizes) for p in plans]
+    out = []
+    with torch.no_grad():
+        for c, w in zip(clusters, work):
+            prompt, weight, bias = c.params
+            out.append(
+                TrainedCluster(
+                    (prompt * mask[0]).detach().cpu().contiguous(),
+                    weight.detach().cpu().contiguous(),
+                    bias.detach().cpu().contiguous(),
+                    c.steps,
+                    seconds * w / sum(work),
+                )
+            )
+    return out
+
+
+def _packed_step(
+    active: list[_Cluster],
+    step: int,
+    padded: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    size: int,
+    num_classes: int,
+    features: Callable[[torch.Tensor], torch.Tensor],
+    backbone: Backbone,
+) -> None:
+    """One backbone pass over every active cluster's micro-batch, sorted by cluster.
+
+    Dense everywhere: prompts are broadcast per cluster segment (their gradient is a plain
+    sum over the segment, no scatter), heads are one batched matmul over clusters padded to
+    the longest segment, and each cluster's loss is its own mean.
+    """
+    slices = [c.slice(step) for c in active]
+    counts = [c.plan.sizes[step] for c in active]
+    rows = torch.cat([c.rows[s] for c, s in zip(active, slices)])
+    views = crop_flip(
+        padded,
+        rows,
+        torch.cat([c.dy[s] for c, s in zip(active, slices)]),
+        torch.cat([c.dx[s] for c, s in zip(active, slices)]),
+        torch.cat([c.flip[s] for c, s in zip(active, slices)]),
+        size,
+    )
+    prompts = [c.params[0] * mask[0] for c in active]
+    x = backbone.normalize(views)
+    k, longest = len(active), max(counts)
+    if min(counts) == longest:  # all segments equal: a reshape, no copies
+        x = (x.view(k, longest, *x.shape[1:]) + torch.stack(prompts)[:, None]).flatten(0, 1)
+    else:
+        x = x + torch.cat([p.expand(n, -1, -1, -1) for p, n in zip(prompts, counts)])
+    feats = features(x)
+    if min(counts) == longest:
+        grid = feats.view(k, longest, -1)
+    else:
+        grid = torch.stack(
+            [F.pad(f, (0, 0, 0, longest - n)) for f, n in zip(feats.split(counts), counts)]
+        )
+    weight = torch.stack([c.params[1] for c in active])
+    bias = torch.stack([c.params[2] for c in active])
+    logits = torch.baddbmm(bias[:, None, :], grid, weight.transpose(1, 2))
+    target = torch.full((k, longest), -100, dtype=torch.int64, device=labels.device)
+    scale = torch.zeros(k, longest, device=labels.device)
+    for i, (n, r) in enumerate(zip(counts, rows.split(counts))):
+        target[i, :n] = labels[r]
+        scale[i, :n] = 1.0 / n
+    ce = F.cross_entropy(
+        logits.reshape(-1, num_classes), target.reshape(-1), reduction="none", ignore_index=-100
+    )
+    (ce * scale.reshape(-1)).sum().backward()
 
 
 def train_cluster(
@@ -98,56 +365,8 @@ def train_cluster(
     num_classes: int,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainedCluster:
-    start = time.perf_counter()
-    device = backbone.device
-    n, size = data.images.shape[0], backbone.image_size
-    if n == 0:
-        raise ValueError("cannot train an empty cluster")
-    gen = torch.Generator().manual_seed(data.seed)
-    mask = border_mask(size, pcfg.width, device)
-    p0, w0, b0 = _init_params(gen, size, num_classes, backbone.num_features, pcfg, mask)
-    prompt = p0.to(device).requires_grad_(True)
-    weight = w0.to(device).requires_grad_(True)
-    bias = b0.to(device).requires_grad_(True)
-    opt = torch.optim.SGD(
-        [
-            {"params": [prompt], "lr": tcfg.prompt_lr, "base_lr": tcfg.prompt_lr},
-            {"params": [weight, bias], "lr": tcfg.head_lr, "base_lr": tcfg.head_lr},
-        ],
-        momentum=tcfg.momentum,
-        weight_decay=tcfg.weight_decay,
-    )
-    per_epoch = math.ceil(n / tcfg.batch_size)
-    total = per_epoch * tcfg.epochs
-    warmup = round(per_epoch * tcfg.warmup_epochs)
-    labels = data.labels.to(device)
-    step = 0
-    for _ in range(tcfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        for lo in range(0, n, tcfg.batch_size):
-            idx = order[lo : lo + tcfg.batch_size]
-            views = augment(data.images[idx], gen, tcfg.augment.crop_padding, tcfg.augment.hflip)
-            x = apply_prompt(backbone.normalize(views), prompt, mask)
-            logits = F.linear(backbone.model(x), weight, bias)
-            loss = F.cross_entropy(logits, labels[idx.to(device)])
-            factor = lr_factor(step, total, warmup)
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if on_step is not None:
-                on_step(len(idx))
-    with torch.no_grad():
-        final_prompt = (prompt * mask[0]).detach().cpu().contiguous()
-    return TrainedCluster(
-        final_prompt,
-        weight.detach().cpu().contiguous(),
-        bias.detach().cpu().contiguous(),
-        step,
-        time.perf_counter() - start,
-    )
+    """One cluster alone: a pack of one."""
+    return train_pack(backbone, [data], tcfg, pcfg, num_classes, on_step)[0]
 
 
 @torch.no_grad()
@@ -164,6 +383,6 @@ def predict_batch(
     prompt, weight, bias = prompt.to(device), weight.to(device), bias.to(device)
     out = []
     for lo in range(0, images.shape[0], batch_size):
-        x = backbone.normalize(images[lo : lo + batch_size]) + prompt
-        out.append(F.linear(backbone.model(x), weight, bias).argmax(1).cpu())
+        x = backbone.prepare_input(backbone.normalize(images[lo : lo + batch_size]) + prompt)
+        out.append(F.linear(backbone.trainer(x).float(), weight, bias).argmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)

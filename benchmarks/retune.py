@@ -1,0 +1,277 @@
+"""Retune throughput: the paper code's training style vs eraserd's engine, side by side.
+
+Usage::
+
+    python benchmarks/retune.py --backbone efficientnet_lite0 --weights builtin \\
+        --image-size 64 --clusters 6 --cluster-size 96 --epochs 2
+
+Three ways to retune the same clusters on the same device, in one run:
+
+(i) ``paper``: the style of the LMEraser/DAM-VP reference code. Every step of batch 128 first
+    runs a no-grad forward to route each sample to its nearest prototype, adds each sample's
+    prompt in a Python loop, applies each sample's head in a Python loop, in fp32. The backbone
+    is in eval mode but its weights keep ``requires_grad`` (they are only left out of the
+    optimizer), so the backward pass also computes weight gradients.
+(ii) ``solo``: eraserd's engine, one cluster at a time (frozen weights, BatchNorm folded,
+    channels-last on conv nets, per-cluster micro-batches).
+(iii) ``packed``: eraserd's engine, every cluster in one job (``runtime.deterministic`` as
+    given by ``--deterministic``; packed mode shares each backbone pass between clusters).
+
+Throughput is image-steps per second: one image through one training step. Effective
+TFLOP/s counts the useful work only, forward plus input-gradient backward, measured with
+PyTorch's FLOP counter, the same for every style. ``--peak-tflops`` adds the fraction of
+the device's bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from eraserd.config import (  # noqa: E402
+    BUILTIN_LITE0,
+    AugmentConfig,
+    BackboneConfig,
+    PromptConfig,
+    RuntimeConfig,
+    TrainingConfig,
+)
+from eraserd.model.backbone import Backbone, load_backbone  # noqa: E402
+from eraserd.model.prompt import border_mask  # noqa: E402
+from eraserd.training.engine import ClusterData, configure_torch, train_pack  # noqa: E402
+
+
+def useful_flops_per_image(backbone: Backbone) -> float:
+    """Forward plus input-gradient backward of one image, on the engine's network."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = backbone.image_size
+    x = torch.zeros(2, 3, size, size, device=backbone.device, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        backbone.trainer(backbone.prepare_input(x)).float().sum().backward()
+    return counter.get_total_flops() / 2
+
+
+def make_clusters(k: int, n: int, size: int, num_classes: int) -> list[ClusterData]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        ClusterData(
+            torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+            torch.randint(0, num_classes, (n,), generator=g),
+            1000 + i,
+        )
+        for i in range(k)
+    ]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def paper_style(
+    backbone: Backbone,
+    clusters: list[ClusterData],
+    tcfg: TrainingConfig,
+    pcfg: PromptConfig,
+    num_classes: int,
+    batch: int,
+    steps: int,
+) -> tuple[int, float]:
+    """The reference code's loop over the union of the clusters' data; (image-steps, s)."""
+    device, size = backbone.device, backbone.image_size
+    model = copy.deepcopy(backbone.model).float().eval()
+    for p in model.parameters():  # eval mode, weights not frozen: only left out of the optimizer
+        p.requires_grad_(True)
+    k = len(clusters)
+    gen = torch.Generator().manual_seed(0)
+    mask = border_mask(size, pcfg.width, device)
+    prompts = [torch.zeros(3, size, size, device=device, requires_grad=True) for _ in range(k)]
+    heads = [torch.nn.Linear(backbone.num_features, num_classes).to(device) for _ in range(k)]
+    protos = torch.randn(k, backbone.num_features, generator=gen).to(device)
+    opt = torch.optim.SGD(
+        [{"params": prompts, "lr": tcfg.prompt_lr}]
+        + [{"params": h.parameters(), "lr": tcfg.head_lr} for h in heads],
+        momentum=tcfg.momentum,
+    )
+    images = torch.cat([c.images for c in clusters])
+    labels = torch.cat([c.labels for c in clusters])
+
+    def step() -> None:
+        idx = torch.randint(0, images.shape[0], (batch,), generator=gen)
+        x = backbone.normalize(images[idx])
+        y = labels[idx].to(device)
+        with torch.no_grad():  # routing forward, every step
+            route = torch.cdist(model(x), protos).argmin(1).tolist()
+        prompted = torch.cat([x[i : i + 1] + prompts[route[i]] * mask for i in range(batch)])
+        feats = model(prompted)
+        logits = torch.cat([heads[route[i]](feats[i : i + 1]) for i in range(batch)])
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps, time.perf_counter() - start
+
+
+def engine_run(
+    backbone: Backbone,
+    packs: list[list[ClusterData]],
+    tcfg: TrainingConfig,
+    pcfg: PromptConfig,
+    num_classes: int,
+) -> tuple[int, float]:
+    work = [0]
+    train_pack(backbone, [packs[0][0]], dataclass_epochs(tcfg, 1), pcfg, num_classes)  # warm-up
+    sync(backbone.device)
+    start = time.perf_counter()
+    for pack in packs:
+        train_pack(backbone, pack, tcfg, pcfg, num_classes, on_step=lambda n: work.append(n))
+    sync(backbone.device)
+    return sum(work), time.perf_counter() - start
+
+
+def dataclass_epochs(tcfg: TrainingConfig, epochs: int) -> TrainingConfig:
+    import dataclasses
+
+    return dataclasses.replace(tcfg, epochs=epochs, warmup_epochs=min(tcfg.warmup_epochs, epochs))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--weights", default="builtin", help="builtin (Lite0), none (random), a file")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clusters", type=int, default=6)
+    ap.add_argument("--cluster-size", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32, help="per-cluster micro-batch")
+    ap.add_argument("--paper-batch", type=int, default=128)
+    ap.add_argument("--paper-steps", type=int, default=4)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--deterministic", action="store_true", help="packed run in strict mode")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--modes", default="paper,solo,packed")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the bound")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    weights = {"builtin": BUILTIN_LITE0, "none": None}.get(args.weights, args.weights)
+    bcfg = BackboneConfig(name=args.backbone, weights=weights, image_size=args.image_size)
+    num_classes = 10
+    tcfg = TrainingConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        warmup_epochs=1.0 if args.epochs >= 1 else 0.0,
+        augment=AugmentConfig(crop_padding=4, hflip=True),
+    )
+    pcfg = PromptConfig(width=max(1, args.image_size // 8))
+
+    def runtime(deterministic: bool) -> RuntimeConfig:
+        return RuntimeConfig(
+            device=args.device,
+            num_threads=args.threads,
+            deterministic=deterministic,
+            precision=args.precision,
+            compile=args.compile,
+        )
+
+    configure_torch(runtime(True))
+    solo_bb = load_backbone(bcfg, runtime(True))
+    clusters = make_clusters(args.clusters, args.cluster_size, args.image_size, num_classes)
+    flops = useful_flops_per_image(solo_bb)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rows: dict[str, dict] = {}
+
+    def record(name: str, images: int, seconds: float, note: str) -> None:
+        rate = images / seconds
+        rows[name] = {
+            "image_steps": images,
+            "seconds": round(seconds, 3),
+            "image_steps_per_s": round(rate, 1),
+            "tflops": round(rate * flops / 1e12, 4),
+            "note": note,
+        }
+        if args.peak_tflops:
+            bound = args.peak_tflops * 1e12 / flops
+            rows[name]["bound_image_steps_per_s"] = round(bound, 1)
+            rows[name]["fraction_of_bound"] = round(rate / bound, 4)
+        print(f"  {name:7s} {rate:10.1f} image-steps/s  {rate * flops / 1e12:8.4f} TFLOP/s  {note}")
+
+    print(
+        f"{args.backbone} @ {args.image_size}px on {args.device} ({args.threads} threads): "
+        f"{args.clusters} clusters x {args.cluster_size} images x {args.epochs} epochs, "
+        f"{flops / 1e9:.3f} GFLOP per image-step (fwd + input-grad bwd)"
+    )
+    if "paper" in modes:
+        images, seconds = paper_style(
+            solo_bb, clusters, tcfg, pcfg, num_classes, args.paper_batch, args.paper_steps
+        )
+        record("paper", images, seconds, f"batch {args.paper_batch}, fp32, routing fwd + loops")
+    if "solo" in modes:
+        images, seconds = engine_run(solo_bb, [[c] for c in clusters], tcfg, pcfg, num_classes)
+        record("solo", images, seconds, f"one cluster at a time, {solo_bb.precision}")
+    if "packed" in modes:
+        bb = solo_bb if args.deterministic else load_backbone(bcfg, runtime(False))
+        if not args.deterministic:
+            configure_torch(runtime(False))
+        images, seconds = engine_run(bb, [clusters], tcfg, pcfg, num_classes)
+        mode = "deterministic" if args.deterministic else "packed passes"
+        record(
+            "packed", images, seconds, f"{len(clusters)} clusters per job, {mode}, {bb.precision}"
+        )
+
+    ratios = {}
+    for a, b in (("packed", "paper"), ("solo", "paper"), ("packed", "solo")):
+        if a in rows and b in rows:
+            ratios[f"{a}/{b}"] = round(
+                rows[a]["image_steps_per_s"] / rows[b]["image_steps_per_s"], 2
+            )
+            print(f"  ratio {a}/{b}: {ratios[f'{a}/{b}']:.2f}x")
+    if "packed" in rows:
+        rate = rows["packed"]["image_steps_per_s"]
+        cifar = 260 * 50 / rate
+        print(f"  a CIFAR-10-sized cluster (260 images x 50 epochs) at this rate: {cifar:.2f} s")
+        ratios["cifar10_cluster_s"] = round(cifar, 3)
+    result = {
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "device": args.device,
+        "device_name": (
+            torch.cuda.get_device_name(torch.device(args.device))
+            if args.device.startswith("cuda")
+            else platform.processor() or platform.machine()
+        ),
+        "torch": torch.__version__,
+        "gflop_per_image_step": round(flops / 1e9, 4),
+        "results": rows,
+        "ratios": ratios,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if not math.isfinite(flops) or flops <= 0:
+        raise SystemExit("could not count the backbone's FLOPs")
+    return result
+
+
+if __name__ == "__main__":
+    main()
