@@ -310,5 +310,123 @@ def thresholds(cfg, as_json: bool, points: int) -> None:
     )
 
 
+class _Parsed(click.ParamType):
+    """A value parsed by ``eraserd.planner``; a bad one is a usage error (exit 2)."""
+
+    def __init__(self, name: str, parser: str):
+        self.name, self._parser = name, parser
+
+    def convert(self, value, param, ctx):
+        from . import planner
+
+        if isinstance(value, float):
+            return value
+        try:
+            return getattr(planner, self._parser)(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+RATE = _Parsed("rate", "parse_rate")
+DURATION = _Parsed("duration", "parse_duration")
+
+
+def _executor_devices(cfg) -> int:
+    """Devices the configured executor retunes on at once (Ray: 1; pass --devices)."""
+    if cfg.executor.backend == "local":
+        from .executor.local import resolve_devices
+
+        return len(resolve_devices(cfg.executor.devices))
+    return 1
+
+
+@main.command()
+@click.option(
+    "--rate", required=True, type=RATE, help="Sample deletions: per second, or 200/d, 5/h, 0.1/s."
+)
+@click.option(
+    "--deadline", required=True, type=DURATION, help="Submit to published: seconds, or 72h, 3d."
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Devices retuning at once (default: the executor's).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw E[K] and device-seconds/day against T into this PNG.",
+)
+@command
+def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> None:
+    """Choose the batch window T for a deletion rate and a deadline."""
+    from . import planner
+
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise_error("--plot needs matplotlib: pip install matplotlib")
+    with _eraser(cfg) as er:
+        inputs = planner.plan_inputs(er.registry.load())
+    devices = devices or _executor_devices(cfg)
+    try:
+        p = planner.plan(
+            inputs.sizes,
+            inputs.times.seconds,
+            rate,
+            deadline,
+            devices,
+            inputs.sample_counts,
+            current_window_s=cfg.daemon.batch_window_s,
+            margin_s=cfg.daemon.deadline_margin_s,
+        )
+    except ValueError as exc:
+        raise EraserdError(str(exc)) from None
+    if plot is not None:
+        planner.plot_plan(p, plot)
+    payload = {
+        "version": inputs.version,
+        "cluster_sizes": list(inputs.sizes),
+        "cluster_seconds": list(inputs.times.seconds),
+        "retune_basis": inputs.times.basis,
+        **p.to_dict(),
+    }
+    _emit(as_json, payload, planner.format_plan(p, inputs))
+
+
+@main.command()
+@click.option(
+    "--rate", type=RATE, default=None, help="Sample deletions (default: one per batch window)."
+)
+@click.option(
+    "--windows", type=click.IntRange(min=1), default=2000, show_default=True, help="Windows to run."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the arrivals.")
+@command
+def simulate(cfg, as_json: bool, rate, windows: int, seed: int) -> None:
+    """Replay Poisson deletions against the daemon's batch policy; compare with the model."""
+    from .planner import plan_inputs
+    from .simulate import format_simulation
+    from .simulate import simulate as replay
+
+    with _eraser(cfg) as er:
+        inputs = plan_inputs(er.registry.load())
+    d = cfg.daemon
+    rate = rate if rate is not None else 1.0 / d.batch_window_s
+    try:
+        s = replay(inputs.sizes, d, rate, windows, seed, inputs.batch_seconds)
+    except ValueError as exc:
+        raise EraserdError(str(exc)) from None
+    _emit(
+        as_json,
+        {"version": inputs.version, "seed": seed, **s.to_dict()},
+        f"version {inputs.version}: {len(inputs.sizes)} clusters, {sum(inputs.sizes)} "
+        f"training samples\n" + format_simulation(s),
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

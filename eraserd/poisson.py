@@ -23,7 +23,7 @@ import numpy as np
 
 def _check(sizes: Sequence[int], rate: float, window_s: float) -> np.ndarray:
     m = np.asarray(sizes, dtype=np.float64)
-    if m.ndim != 1 or (m.size and m.min() < 0):
+    if m.ndim != 1 or (m.size and (not np.isfinite(m).all() or m.min() < 0)):
         raise ValueError("cluster sizes must be a list of non-negative counts")
     if rate < 0 or not math.isfinite(rate):
         raise ValueError(f"rate must be a finite non-negative number, got {rate}")
@@ -81,8 +81,8 @@ def expected_batch_seconds(
     ``d`` devices the affected clusters run in ``ceil(K / d)`` rounds; ``d = 1`` gives
     ``T_c * E[K]``.
     """
-    if cluster_seconds < 0:
-        raise ValueError("cluster seconds must not be negative")
+    if not (cluster_seconds >= 0 and math.isfinite(cluster_seconds)):
+        raise ValueError(f"cluster seconds must be finite and non-negative, got {cluster_seconds}")
     if devices is None:
         return cluster_seconds * p_any(rate, window_s)
     if devices < 1:
