@@ -1,7 +1,8 @@
 """HTTP control API (FastAPI). Thin: validation and errors here, work in ``Daemon``.
 
 Every error is JSON: ``{"error": {"status": 422, "message": "...", ...}}``. Only
-``/healthz`` and the OpenAPI schema are served without the bearer token.
+``/healthz``, ``/metrics`` (Prometheus scrapes carry no token) and the OpenAPI schema are
+served without the bearer token.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -25,7 +26,7 @@ from .queue import IdempotencyConflict
 if TYPE_CHECKING:
     from .daemon import Daemon
 
-PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 class DeletionIn(BaseModel):
@@ -132,6 +133,11 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict:
         return {"ok": True, "version": daemon.predictor.version}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, ctype = daemon.metrics.exposition()
+        return Response(body, media_type=ctype)
 
     @app.post("/v1/deletions", status_code=202)
     def submit(body: DeletionIn):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from . import __version__
 from .batching import flush_reason, update_estimate
 from .config import Config
 from .data.store import Store
@@ -26,6 +27,7 @@ from .errors import EraserdError, UnknownIdError
 from .faults import crashpoint
 from .fsutil import atomic_write
 from .locking import StateLock
+from .metrics import DaemonMetrics, DaemonState, ModelFacts, QueueView
 from .queue import Queue
 from .service import Eraser
 
@@ -70,6 +72,7 @@ class Daemon:
                     },
                 )
             self.queue = Queue(cfg.state_dir / "queue.db", self.eraser.store.secret)
+            self.queue_view = QueueView(cfg.state_dir / "queue.db")
             self.reader = Store(cfg.state_dir, readonly=True)
             self._reader_lock = threading.Lock()
             self.token = load_or_create_token(cfg.token_path)
@@ -77,6 +80,8 @@ class Daemon:
             self.eraser.registry.collect(current)  # drop versions a crash left unpublished
             self.predictor = self.eraser.predictor()
             self.predicted_s = float(current["change"].get("seconds") or 60.0)
+            self.model = ModelFacts.from_manifest(current)
+            self.metrics = DaemonMetrics(cfg, self.metrics_state, __version__, self.model)
         except BaseException:
             self._lock.release()
             raise
@@ -90,6 +95,7 @@ class Daemon:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.eraser.executor.workers_up()  # start workers now: their liveness is a metric
         self._runner = threading.Thread(target=self._run, name="batch-runner", daemon=True)
         self._runner.start()
         if self.queue.unfinished_batches():
@@ -119,6 +125,7 @@ class Daemon:
         if self._runner is not None:
             self._runner.join()
         self.queue.close()
+        self.queue_view.close()
         self.reader.close()
         self.eraser.close()
         self._lock.release()
@@ -173,6 +180,7 @@ class Daemon:
                 self.clock(),
             )
             log.error("batch abandoned", extra={"fields": {**fields, "failed_requests": failed}})
+            self.metrics.batch_failed("abandoned")
             return
         log.info("batch retuning", extra={"fields": fields})
         started = time.perf_counter()
@@ -187,14 +195,26 @@ class Daemon:
                 "batch failed",
                 extra={"fields": {**fields, "failed_requests": final, "error": type(exc).__name__}},
             )
+            self.metrics.batch_failed("failed")
             return
         seconds = time.perf_counter() - started
-        if result.version != self.predictor.version:
+        swapped = result.version != self.predictor.version
+        if swapped:
+            model = ModelFacts.from_manifest(self.eraser.registry.load(result.version))
             self.predictor = self.eraser.predictor()  # atomic swap of the serving snapshot
+            self.model = model
         self.queue.mark_published(
             bid, result.version, len(result.affected), len(result.retrained), seconds, self.clock()
         )
         self.predicted_s = update_estimate(self.predicted_s, seconds)
+        self.metrics.batch_published(
+            affected=len(result.affected),
+            reclustered=result.reclustered,
+            seconds=seconds,
+            jobs=self.model.jobs if swapped else (),  # else this version's jobs were counted
+            swapped=swapped,
+            requests=self.queue_view.published_times(bid),
+        )
         log.info(
             "batch published",
             extra={
@@ -256,6 +276,7 @@ class Daemon:
             f"subject {s}" for s in sorted(pend_subj)
         ]
         if created:
+            self.metrics.submitted(req.samples)
             log.info(
                 "deletion queued", extra={"fields": {"request": req.id, "samples": req.samples}}
             )
@@ -298,6 +319,23 @@ class Daemon:
             "last_batch": self.queue.last_batch(),
             "pid": os.getpid(),
         }
+
+    def metrics_state(self) -> DaemonState:
+        """What a ``/metrics`` scrape reads: counts and facts, no batch work, no batch lock."""
+        now = self.clock()
+        try:
+            cur = self.eraser.registry.current()
+        except EraserdError:  # a malformed CURRENT: reported by the batch runner, not here
+            cur = None
+        return DaemonState(
+            now=now,
+            started_at=self.started_at,
+            queue=self.queue_view.facts(now, self.cfg.daemon.rate_horizon_s),
+            model=self.model,
+            current_version=cur[0] if cur else None,
+            workers=self.eraser.executor.workers_up(),
+            predicted_batch_s=self.predicted_s,
+        )
 
     def predict(self, data: bytes) -> dict:
         pred = self.predictor  # one snapshot for the whole prediction
