@@ -201,11 +201,11 @@ class QueueView:
                 f"COALESCE(SUM(deadline < ?), 0) FROM requests WHERE state IN ({marks})",
                 (now, *states),
             ).fetchone()
-            recent, first = self._db.execute(
-                "SELECT COALESCE(SUM(CASE WHEN created_at >= ? THEN samples END), 0), "
-                "MIN(created_at) FROM requests",
+            (recent,) = self._db.execute(  # both use the created_at index: no table scan
+                "SELECT COALESCE(SUM(samples), 0) FROM requests WHERE created_at >= ?",
                 (now - horizon_s,),
             ).fetchone()
+            (first,) = self._db.execute("SELECT MIN(created_at) FROM requests").fetchone()
             (last,) = self._db.execute(
                 "SELECT MAX(updated_at) FROM batches WHERE state = ?",
                 (BatchState.PUBLISHED.value,),

@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS requests (
     published_at REAL
 );
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state);
+CREATE INDEX IF NOT EXISTS requests_created ON requests(created_at);
+CREATE INDEX IF NOT EXISTS requests_batch ON requests(batch_id);
 CREATE TABLE IF NOT EXISTS items (
     request_id TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('sample', 'subject')),
