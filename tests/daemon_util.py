@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import yaml
 from conftest import small_raw
+
+from eraserd.config import config_from_dict
+from eraserd.service import Eraser
 
 BIN = Path(sys.executable).parent
 
@@ -138,3 +142,36 @@ def ctl(*args, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"eraserctl {args} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def start_published_daemon(root: Path, source: Path, backbone, built: Path) -> DaemonProc:
+    """A real daemon (one CPU worker process) that has published one batch.
+
+    Its first version is built in-process on the session's backbone, once per session: the
+    state is kept at ``built`` and copied for later callers. The executor is not part of any
+    fingerprint, and nothing in the state dir names its own path.
+    """
+    config = write_daemon_config(root, source, window=1.0)
+    raw = yaml.safe_load(config.read_text())
+    if not built.exists():
+        cfg = config_from_dict({**raw, "executor": {"backend": "inline"}})
+        with Eraser(cfg, backbone) as e:
+            e.build()
+        shutil.copytree(cfg.state_dir, built)
+    else:
+        shutil.copytree(built, raw["state_dir"])
+    d = DaemonProc(config)
+    try:
+        d.wait_ready()
+        code, r = d.call(
+            "POST", "/v1/deletions", {"sample_ids": ["s0004"], "subject_ids": ["subj020"]}
+        )
+        assert code == 202, r
+        d.wait_for(
+            lambda: d.call("GET", f"/v1/deletions/{r['id']}")[1]["state"] == "published",
+            what="the first batch",
+        )
+    except BaseException:
+        d.stop()
+        raise
+    return d

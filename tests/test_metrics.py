@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_util import DaemonProc, write_daemon_config
+from daemon_util import DaemonProc, start_published_daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from eraserd import __version__, poisson
-from eraserd.config import config_from_dict
 from eraserd.metrics import QueueView, estimate_rate, forecast, retune_cost
 from eraserd.queue import Queue
 from eraserd.registry import Registry
-from eraserd.service import Eraser
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules"
@@ -28,39 +26,6 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed (.ci/run installs Debian's prometheus)"
 )
-
-
-def start_published_daemon(root: Path, source: Path, backbone, built: Path) -> DaemonProc:
-    """A real daemon (one CPU worker process) that has published one batch.
-
-    Its first version is built in-process on the session's backbone, once per session: the
-    state is kept at ``built`` and copied for later callers. The executor is not part of any
-    fingerprint, and nothing in the state dir names its own path.
-    """
-    config = write_daemon_config(root, source, window=1.0)
-    raw = yaml.safe_load(config.read_text())
-    if not built.exists():
-        cfg = config_from_dict({**raw, "executor": {"backend": "inline"}})
-        with Eraser(cfg, backbone) as e:
-            e.build()
-        shutil.copytree(cfg.state_dir, built)
-    else:
-        shutil.copytree(built, raw["state_dir"])
-    d = DaemonProc(config)
-    try:
-        d.wait_ready()
-        code, r = d.call(
-            "POST", "/v1/deletions", {"sample_ids": ["s0004"], "subject_ids": ["subj020"]}
-        )
-        assert code == 202, r
-        d.wait_for(
-            lambda: d.call("GET", f"/v1/deletions/{r['id']}")[1]["state"] == "published",
-            what="the first batch",
-        )
-    except BaseException:
-        d.stop()
-        raise
-    return d
 
 
 def scrape(d: DaemonProc) -> tuple[str, str]:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_util import free_port
-from test_metrics import start_published_daemon
+from daemon_util import free_port, start_published_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "eraserd.rules.yml"
