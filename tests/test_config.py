@@ -72,6 +72,10 @@ def test_example_config_loads_and_resolves_state_dir():
         ({"data": {"test_fraction": 1.0}}, "data.test_fraction: must be in [0, 1)"),
         ({"prompt": {"width": 32}, "backbone": {"image_size": 64}}, "prompt.width: "),
         ({"training": []}, "training: expected a mapping"),
+        ({"runtime": {"precision": "fp16"}}, "runtime.precision: must be one of"),
+        ({"executor": {"pack_clusters": 0}}, "executor.pack_clusters: must be null or at least"),
+        ({"executor": {"pack_images": "x"}}, "executor.pack_images: expected an integer"),
+        ({"daemon": {"rate_horizon_s": 0}}, "daemon.rate_horizon_s: must be positive"),
     ],
 )
 def test_errors_start_with_key_path(raw, prefix):
