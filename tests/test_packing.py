@@ -103,6 +103,8 @@ def test_an_empty_cluster_is_refused(lite0_32, clusters):
     empty = ClusterData(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0), 1)
     with pytest.raises(ValueError, match="empty cluster"):
         train_pack(lite0_32, [clusters["small"], empty], TRAIN, PROMPT, 3)
+    with pytest.raises(ValueError, match="at least one cluster"):
+        train_pack(lite0_32, [], TRAIN, PROMPT, 3)
 
 
 def job(key: str, cost: float) -> RetuneJob:

@@ -30,6 +30,9 @@ class Backbone:
     """Runtime settings that change floating-point results (device, threads, determinism)."""
     train_model: nn.Module | None = None
     """The network the retune engine and inference run: BatchNorm folded, see ``fastpath``."""
+    compiled: nn.Module | None = None
+    """``torch.compile`` of ``train_model`` (``runtime.compile``): the retune engine's only.
+    Inference stays eager, so a process that only predicts never pays for a compile."""
     channels_last: bool = False
     deterministic: bool = True
     precision: str = "fp32"
@@ -38,6 +41,10 @@ class Backbone:
     @property
     def trainer(self) -> nn.Module:
         return self.train_model if self.train_model is not None else self.model
+
+    @property
+    def train_step_model(self) -> nn.Module:
+        return self.compiled if self.compiled is not None else self.trainer
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -180,8 +187,8 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
     std = torch.tensor(cfg.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     numerics = f"{runtime.device}|threads={runtime.num_threads}|det={runtime.deterministic}"
     train_model = prepare_train_model(model, cfg.image_size, device)
-    if runtime.compile:
-        train_model = torch.compile(train_model)  # compiled lazily, once per worker process
+    # Compiled lazily on first use, so once per persistent worker process.
+    compiled = torch.compile(train_model) if runtime.compile else None
     return Backbone(
         model,
         cfg.name,
@@ -193,6 +200,7 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
         device,
         numerics,
         train_model=train_model,
+        compiled=compiled,
         channels_last=is_convnet(model),
         deterministic=runtime.deterministic,
         precision=runtime.resolved_precision,

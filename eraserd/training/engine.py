@@ -250,6 +250,8 @@ def train_pack(
     on_step: Callable[[int], None] | None = None,
 ) -> list[TrainedCluster]:
     """Train every cluster of ``datas`` from scratch, together; results in input order."""
+    if not datas:
+        raise ValueError("a pack needs at least one cluster")
     start = time.perf_counter()
     device, size = backbone.device, backbone.image_size
     plans = [plan_cluster(d, tcfg, pcfg, size, num_classes, backbone.num_features) for d in datas]
@@ -262,7 +264,7 @@ def train_pack(
     labels = torch.cat([d.labels for d in datas]).to(device)
     clusters = [_Cluster(p, b, device) for p, b in zip(plans, bases)]
     mask = border_mask(size, pcfg.width, device)
-    model = backbone.trainer
+    model = backbone.train_step_model
     bf16 = backbone.precision == "bf16"
     packed = not backbone.deterministic and len(clusters) > 1
 
