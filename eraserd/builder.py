@@ -37,6 +37,8 @@ class Change:
     batch: str | None = None
     """The daemon batch that produced this version: makes publishing idempotent per batch."""
     affected: tuple[str, ...] = ()
+    cost: dict | None = None
+    """What a random single deletion from the new version retrains (``cost.RetrainCost``)."""
 
 
 def train_fingerprint(
@@ -108,7 +110,7 @@ def materialize(
     fp_train = train_fingerprint(cfg, backbone, classes, executor.device_kind())
     reusable = {}
     if previous is not None and previous["train_fingerprint"] == fp_train:
-        reusable = {c["members"]: c for c in previous["clusters"]}
+        reusable = {_member_set(registry, c): c for c in previous["clusters"]}
 
     test_ids = sorted(test_features)
     routed: list[list[str]] = [[] for _ in part.keys]
@@ -122,23 +124,25 @@ def materialize(
     plans = []
     for k, key in enumerate(part.keys):
         members = part.members[k]
+        member_keys = sorted(by_id[i].key for i in members)
         mblob = registry.put_json(
             {
-                "members": sorted(by_id[i].key for i in members),
+                "members": member_keys,
                 "sample": sorted(by_id[i].key for i in members if i in part.sample),
             }
         )
+        mset = member_set_hash(member_keys)
         test_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in routed[k])).encode())
-        plans.append((k, key, members, mblob, test_hash, reusable.get(mblob)))
+        plans.append((k, key, members, mblob, mset, test_hash, reusable.get(mset)))
 
     jobs = []
-    for _, key, members, _, _, old in plans:
+    for _, key, members, _, _, _, old in plans:
         if old is None:
             rows = [by_id[i] for i in members]
             jobs.append(
                 RetuneJob(
                     key,
-                    float(len(members) * cfg.training.epochs),
+                    float(len(members) * cfg.training.epochs_for(len(members))),
                     len(classes),
                     functools.partial(_cluster_data, store, rows, backbone.image_size, cfg.seed),
                 )
@@ -146,7 +150,7 @@ def materialize(
     with bar(total=sum(j.cost for j in jobs), desc="retune", unit="img-step") as progress:
         results = executor.run(jobs, on_done=lambda job, res: progress.update(job.cost))
     clusters, retrained = [], []
-    for k, key, members, mblob, test_hash, old in plans:
+    for k, key, members, mblob, mset, test_hash, old in plans:
         if old is not None:
             prompt_h, head_h = old["prompt"], old["head"]
         else:
@@ -170,6 +174,7 @@ def materialize(
                 "size": len(members),
                 "sample_count": sum(1 for i in members if i in part.sample),
                 "members": mblob,
+                "member_set": mset,
                 "prompt": prompt_h,
                 "head": head_h,
                 "test_members": test_hash,
@@ -198,6 +203,7 @@ def materialize(
         "clusters": clusters,
         "samples": {"train": sum(c["size"] for c in clusters), "test": test_n},
         "accuracy": (sum(c["test_correct"] for c in clusters) / test_n) if test_n else None,
+        "cost": change.cost,
         "change": {
             "kind": change.kind,
             "forgotten": change.forgotten,
@@ -213,6 +219,20 @@ def materialize(
             "seconds": round(time.perf_counter() - started, 3),
         },
     }
+
+
+def member_set_hash(member_keys: list[str]) -> str:
+    """What a cluster's training depends on among its data: the set of its members. Unlike
+    the membership blob, it ignores which members are in the clustering sample, so a cluster
+    that only gained or lost clustering-sample status is reused, not retrained."""
+    return sha256_hex("\n".join(sorted(member_keys)).encode())
+
+
+def _member_set(registry: Registry, cluster: dict) -> str:
+    if "member_set" in cluster:
+        return cluster["member_set"]
+    blob = registry.get_json(cluster["members"], f"cluster {cluster['key']} members")
+    return member_set_hash(blob["members"])
 
 
 def _evaluate(

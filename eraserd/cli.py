@@ -177,11 +177,23 @@ def info(cfg, as_json: bool) -> None:
             f"samples:   {i['samples']['train']} train, {i['samples']['test']} held out",
             f"clusters:  {i['clusters']} (sizes {sizes[:12]}{' ...' if len(sizes) > 12 else ''})",
             f"accuracy:  {acc} on the held-out split",
+            f"deletion cost: {_cost_line(i['cost'])}",
             f"last change: {i['change']['kind']}, {len(i['change']['retrained'])} cluster(s) "
             f"trained, {i['change']['reused']} reused",
         ]
     )
     _emit(as_json, i, text)
+
+
+def _cost_line(c: dict) -> str:
+    se = f" ± {c['recluster_share_se']:.1%}" if c["recluster_share_se"] else ""
+    return (
+        f"a random single deletion retrains {c['expected_retrain_share']:.1%} of the training "
+        f"data on average, {c['expected_compute_share']:.1%} of the work of retraining one "
+        f"prompt on all of it (largest cluster {c['largest_share']:.1%}; "
+        f"{c['p_recluster']:.1%} of deletions recluster, retraining "
+        f"{c['recluster_share']:.1%}{se} each)"
+    )
 
 
 @main.command()
@@ -293,21 +305,76 @@ def _server_class():
     return Server
 
 
+class _Caps(click.ParamType):
+    """A comma-separated list of cluster caps in (0, 1], or ``none``."""
+
+    name = "caps"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        out = []
+        for part in str(value).split(","):
+            part = part.strip().lower()
+            if part in ("none", "null", "-"):
+                out.append(None)
+                continue
+            try:
+                cap = float(part)
+            except ValueError:
+                self.fail(f"{part!r} is not a share in (0, 1] or 'none'", param, ctx)
+            if not 0 < cap <= 1:
+                self.fail(f"{part!r} is not a share in (0, 1] or 'none'", param, ctx)
+            out.append(cap)
+        return tuple(out)
+
+
+def _share(value) -> str:
+    return "none" if value is None else f"{value:g}"
+
+
 @main.command()
-@click.option("--points", default=12, show_default=True, help="Thresholds to list.")
+@click.option(
+    "--points", default=8, show_default=True, type=click.IntRange(min=1), help="Thresholds."
+)
+@click.option(
+    "--caps",
+    default="none,0.2,0.1,0.05,0.02",
+    show_default=True,
+    type=_Caps(),
+    help="Cluster caps (max_cluster_share) to try with each threshold.",
+)
+@click.option(
+    "--evaluations",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sample deletions replayed per setting to estimate the recluster cost.",
+)
 @command
-def thresholds(cfg, as_json: bool, points: int) -> None:
-    """Cluster counts across distance thresholds, to pick one for a new backbone."""
+def thresholds(cfg, as_json: bool, points: int, caps, evaluations: int) -> None:
+    """Candidate thresholds and caps: clusters, largest share, cost per deletion."""
     with _eraser(cfg) as er:
-        table = er.threshold_table(points)
-    _emit(
-        as_json,
-        table,
-        "threshold\tclusters\tlargest\tsmallest\n"
-        + "\n".join(
-            f"{t['threshold']:.4g}\t{t['clusters']}\t{t['largest']}\t{t['smallest']}" for t in table
-        ),
+        table = er.threshold_table(points, caps, evaluations)
+    lines = [
+        f"{'threshold':>10} {'cap':>6} {'clusters':>8} {'largest':>8} {'retrain/del':>11} "
+        f"{'work/del':>8} {'P(recl)':>8} {'recl':>6}"
+    ]
+    for t in table:
+        cut = f"{t['threshold']:.4g}" if t["threshold"] is not None else f"n={t['n_clusters']}"
+        lines.append(
+            f"{cut:>10} {_share(t['max_cluster_share']):>6} {t['clusters']:>8} "
+            f"{t['largest_share']:>8.1%} {t['expected_retrain_share']:>11.1%} "
+            f"{t['expected_compute_share']:>8.1%} "
+            f"{t['p_recluster']:>8.1%} {t['recluster_share']:>6.0%}"
+            + ("  <- configured" if t["configured"] else "")
+        )
+    lines.append(
+        "retrain/del: expected share of the training data one random deletion retrains; "
+        "work/del: its retrain work over one prompt's on all data; recl: share a recluster "
+        "retrains (after deleting a clustering-sample point, P(recl) of deletions)"
     )
+    _emit(as_json, table, "\n".join(lines))
 
 
 class _Parsed(click.ParamType):
@@ -382,6 +449,7 @@ def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> Non
             inputs.sample_counts,
             current_window_s=cfg.daemon.batch_window_s,
             margin_s=cfg.daemon.deadline_margin_s,
+            recluster_share=inputs.recluster_share,
         )
     except ValueError as exc:
         raise EraserdError(str(exc)) from None
@@ -392,6 +460,7 @@ def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> Non
         "cluster_sizes": list(inputs.sizes),
         "cluster_seconds": list(inputs.times.seconds),
         "retune_basis": inputs.times.basis,
+        "recluster_share": inputs.recluster_share,
         **p.to_dict(),
     }
     _emit(as_json, payload, planner.format_plan(p, inputs))

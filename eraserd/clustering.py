@@ -6,16 +6,28 @@ Exactness hinges on three choices made here:
 - hierarchical clustering sees the sample in rank order, and clusters are named by a hash of
   their sample members and ordered by that name, so keys and order never depend on history;
 - routing is one function (``nearest``) in float64 with ties going to the first cluster.
+
+Bounded clusters (``max_share``): after the dendrogram is cut, a cluster whose share is
+estimated above the cap is replaced by its two children in the dendrogram, until none is.
+The estimate uses the clustering sample alone (its share of the sample, and the share of the
+sample that routes to its prototype), so the partition's structure never depends on
+non-sample points: deleting one still touches only its own cluster, and a fresh build on the
+remaining data reproduces the same structure.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
 
 from .ids import cluster_key, rank
+
+ROUTE_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -32,20 +44,34 @@ class Partition:
     def cluster_of(self) -> dict[str, int]:
         return {sid: k for k, ids in enumerate(self.members) for sid in ids}
 
+    def sizes(self) -> list[int]:
+        return [len(m) for m in self.members]
+
 
 def clustering_sample(ids: list[str], seed: int, size: int) -> list[str]:
     """The ``size`` ids of lowest seeded rank, in rank order."""
-    return sorted(ids, key=lambda i: (rank(seed, "cluster-sample", i), i))[:size]
+    return ranked(ids, seed)[:size]
+
+
+def ranked(ids: list[str], seed: int) -> list[str]:
+    """Every id in clustering-sample rank order."""
+    return sorted(ids, key=lambda i: (rank(seed, "cluster-sample", i), i))
 
 
 def hac_labels(
     features: np.ndarray, distance_threshold: float | None, n_clusters: int | None
 ) -> np.ndarray:
     """Average-linkage clustering labels (0-based) for rows of ``features``."""
-    n = features.shape[0]
-    if n == 1:
+    if features.shape[0] == 1:
         return np.zeros(1, dtype=np.int64)
-    z = linkage(features.astype(np.float64), method="average", metric="euclidean")
+    return _cut(_linkage(pdist(features.astype(np.float64))), distance_threshold, n_clusters)
+
+
+def _linkage(condensed: np.ndarray) -> np.ndarray:
+    return linkage(condensed, method="average")
+
+
+def _cut(z: np.ndarray, distance_threshold: float | None, n_clusters: int | None) -> np.ndarray:
     if n_clusters is not None:
         labels = fcluster(z, t=n_clusters, criterion="maxclust")
     else:
@@ -58,15 +84,29 @@ def merge_heights(features: np.ndarray) -> np.ndarray:
     ``1 + sum(heights > t)`` clusters. Used to pick a threshold for a new backbone."""
     if features.shape[0] < 2:
         return np.zeros(0)
-    return np.sort(linkage(features.astype(np.float64), method="average")[:, 2])
+    return np.sort(_linkage(pdist(features.astype(np.float64)))[:, 2])
 
 
-def nearest(features: np.ndarray, prototypes: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """Index of the nearest prototype for each row; ties go to the lowest index.
+# ---- routing ------------------------------------------------------------------------------
 
-    Each distance is an elementwise float64 reduction over one row, never a matrix product,
-    so a row's answer cannot depend on which other rows are routed with it.
+
+def sq_distances(rows: np.ndarray, proto: np.ndarray, chunk: int = ROUTE_CHUNK) -> np.ndarray:
+    """Squared distance of each float64 row to one float64 prototype.
+
+    Each value is an elementwise reduction over one row, never a matrix product, so a row's
+    distance cannot depend on which other rows are computed with it.
     """
+    out = np.empty(rows.shape[0])
+    buf = np.empty((min(chunk, rows.shape[0]), rows.shape[1]))
+    for lo in range(0, rows.shape[0], chunk):
+        block = rows[lo : lo + chunk]
+        diff = np.subtract(block, proto, out=buf[: block.shape[0]])
+        out[lo : lo + chunk] = np.square(diff, out=diff).sum(axis=1)
+    return out
+
+
+def nearest(features: np.ndarray, prototypes: np.ndarray, chunk: int = ROUTE_CHUNK) -> np.ndarray:
+    """Index of the nearest prototype for each row; ties go to the lowest index."""
     f = np.atleast_2d(features).astype(np.float64)
     p = prototypes.astype(np.float64)
     out = np.empty(f.shape[0], dtype=np.int64)
@@ -74,9 +114,137 @@ def nearest(features: np.ndarray, prototypes: np.ndarray, chunk: int = 2048) -> 
         block = f[lo : lo + chunk]
         d = np.empty((block.shape[0], p.shape[0]))
         for k in range(p.shape[0]):
-            d[:, k] = np.square(block - p[k]).sum(axis=1)
+            d[:, k] = sq_distances(block, p[k], chunk)
         out[lo : lo + chunk] = np.argmin(d, axis=1)
     return out
+
+
+class Router:
+    """``nearest`` over a fixed set of rows, with each prototype's distance column kept.
+
+    Partitions that share prototypes (the steps of the cap, a recluster replay) then pay
+    only for new prototypes. Answers are bitwise those of ``nearest``.
+    """
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.atleast_2d(rows).astype(np.float64)
+        self._columns: dict[bytes, np.ndarray] = {}
+
+    def column(self, proto: np.ndarray) -> np.ndarray:
+        key = np.asarray(proto, dtype=np.float32).tobytes()
+        col = self._columns.get(key)
+        if col is None:
+            col = sq_distances(self.rows, np.asarray(proto).astype(np.float64))
+            self._columns[key] = col
+        return col
+
+    def nearest(self, prototypes: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        cols = [self.column(p) for p in prototypes]
+        d = np.stack(cols, axis=1)
+        return np.argmin(d if index is None else d[index], axis=1)
+
+
+# ---- the partition ------------------------------------------------------------------------
+
+
+def _flat_nodes(z: np.ndarray, labels: np.ndarray) -> list[int]:
+    """The dendrogram nodes whose leaves are exactly the flat clusters of ``labels``."""
+    n = labels.shape[0]
+    uniform = np.empty(2 * n - 1, dtype=np.int64)
+    uniform[:n] = labels
+    for i, (a, b) in enumerate(z[:, :2].astype(np.int64)):
+        uniform[n + i] = uniform[a] if uniform[a] == uniform[b] else -1
+    out, stack = [], [2 * n - 2]
+    while stack:
+        node = stack.pop()
+        if uniform[node] >= 0:
+            out.append(node)
+        else:
+            stack.extend(int(c) for c in z[node - n, :2])
+    return out
+
+
+def _leaves(z: np.ndarray, n: int, node: int) -> list[int]:
+    out, stack = [], [node]
+    while stack:
+        v = stack.pop()
+        if v < n:
+            out.append(v)
+        else:
+            stack.extend(int(c) for c in z[v - n, :2])
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class SampleClusters:
+    """The clustered sample: each cluster's sample rows, key and prototype, in key order."""
+
+    keys: tuple[str, ...]
+    rows: tuple[tuple[int, ...], ...]
+    prototypes: np.ndarray
+
+
+def _name(sample: Sequence[str], x: np.ndarray, groups: list[list[int]]) -> SampleClusters:
+    named = sorted((cluster_key(sample[r] for r in rows), rows) for rows in groups)
+    protos = np.stack([x[rows].astype(np.float64).mean(0) for _, rows in named])
+    return SampleClusters(
+        tuple(k for k, _ in named),
+        tuple(tuple(rows) for _, rows in named),
+        protos.astype(np.float32),
+    )
+
+
+CAP_MARGIN_SE = 2.0
+"""The cap holds on a cluster's share estimated from the sample plus this many standard
+errors, so that its share of all the data stays under the cap."""
+
+
+def upper_share(count: int, n: int) -> float:
+    """Upper bound of a cluster's share of the data, from ``count`` of ``n`` sample points."""
+    p = count / n
+    return p + CAP_MARGIN_SE * math.sqrt(p * (1 - p) / n)
+
+
+def cluster_sample(
+    sample: Sequence[str],
+    x: np.ndarray,
+    condensed: np.ndarray,
+    distance_threshold: float | None,
+    n_clusters: int | None,
+    max_share: float | None,
+    router: Router | None = None,
+    sample_index: np.ndarray | None = None,
+) -> SampleClusters:
+    """Average-linkage clusters of the sample (rows of ``x``, in rank order), each cluster
+    over the cap replaced by its two children in the dendrogram until none is over.
+
+    A cluster is over the cap when more than ``max_share`` of the sample either belongs to
+    it or routes to its prototype (the second estimates its share of the non-sample points).
+    A single sample point is never split. ``condensed`` is ``pdist(x)``; ``router`` may
+    supply cached routing, with ``sample_index`` naming the rows of ``x`` in it.
+    """
+    n = x.shape[0]
+    if n == 1:
+        return _name(sample, x, [[0]])
+    z = _linkage(condensed)
+    nodes = _flat_nodes(z, _cut(z, distance_threshold, n_clusters))
+    if router is None:
+        router, sample_index = Router(x), None
+    while True:
+        leaves = [_leaves(z, n, node) for node in nodes]
+        named = _name(sample, x, leaves)
+        if max_share is None:
+            return named
+        routed = np.bincount(router.nearest(named.prototypes, sample_index), minlength=len(nodes))
+        over = {
+            rows
+            for rows, hits in zip(named.rows, routed)
+            if len(rows) > 1 and upper_share(max(len(rows), int(hits)), n) > max_share
+        }
+        if not over:
+            return named
+        split = [node for node, rows in zip(nodes, leaves) if tuple(rows) in over]
+        nodes = [v for v in nodes if v not in split] + [int(c) for v in split for c in z[v - n, :2]]
 
 
 def build_partition(
@@ -86,28 +254,36 @@ def build_partition(
     sample_size: int,
     distance_threshold: float | None,
     n_clusters: int | None,
+    max_share: float | None = None,
 ) -> Partition:
-    """Cluster the training ids from scratch (Algorithm 1)."""
+    """Cluster the training ids from scratch (Algorithm 1), with clusters bounded by
+    ``max_share`` of the sample's estimate when it is set."""
     if not ids:
         raise ValueError("no training samples to cluster")
     sample = clustering_sample(ids, seed, sample_size)
-    sample_feats = np.stack([features[i] for i in sample]).astype(np.float32)
-    labels = hac_labels(sample_feats, distance_threshold, n_clusters)
-    groups: dict[int, list[int]] = {}
-    for row, lab in enumerate(labels.tolist()):
-        groups.setdefault(lab, []).append(row)
-    named = sorted((cluster_key(sample[r] for r in rows), rows) for rows in groups.values())
-    keys = tuple(k for k, _ in named)
-    protos = np.stack([sample_feats[rows].astype(np.float64).mean(0) for _, rows in named])
-    protos = protos.astype(np.float32)
-    members: list[list[str]] = [[sample[r] for r in rows] for _, rows in named]
+    x = np.stack([features[i] for i in sample]).astype(np.float32)
+    clusters = cluster_sample(
+        sample, x, pdist(x.astype(np.float64)), distance_threshold, n_clusters, max_share
+    )
     in_sample = set(sample)
     rest = [i for i in ids if i not in in_sample]
-    if rest:
-        assigned = nearest(np.stack([features[i] for i in rest]), protos)
-        for sid, k in zip(rest, assigned.tolist()):
-            members[k].append(sid)
-    return Partition(keys, protos, tuple(tuple(sorted(m)) for m in members), frozenset(in_sample))
+    assigned = nearest(np.stack([features[i] for i in rest]), clusters.prototypes) if rest else []
+    return assemble(sample, clusters, rest, assigned)
+
+
+def assemble(
+    sample: Sequence[str], clusters: SampleClusters, rest: Sequence[str], assigned
+) -> Partition:
+    """A partition from the clustered sample and each other point's assigned cluster."""
+    members: list[list[str]] = [[sample[r] for r in rows] for rows in clusters.rows]
+    for sid, k in zip(rest, np.asarray(assigned).tolist()):
+        members[k].append(sid)
+    return Partition(
+        clusters.keys,
+        clusters.prototypes,
+        tuple(tuple(sorted(m)) for m in members),
+        frozenset(sample),
+    )
 
 
 def remove_members(part: Partition, removed: set[str]) -> Partition:

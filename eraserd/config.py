@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -71,9 +72,19 @@ class ClusteringConfig:
     """Average-linkage merge threshold in feature space (paper: 10 on ViT-B/16)."""
     n_clusters: int | None = None
     """Alternative to the threshold: cut the dendrogram into at most this many clusters."""
+    max_cluster_share: float | None = None
+    """Cap on a cluster's share of the data, estimated on the clustering sample: a cluster
+    over it is split along its own sub-dendrogram. Smaller caps make deletions cheaper."""
 
     def __post_init__(self) -> None:
         _check(self.sample_size >= 1, "sample_size must be at least 1")
+        if self.max_cluster_share is not None:
+            _check(0 < self.max_cluster_share <= 1, "max_cluster_share must be in (0, 1] or null")
+            _check(
+                self.max_cluster_share * self.sample_size >= 2,
+                "max_cluster_share must allow at least 2 clustering-sample points per cluster "
+                f"(max_cluster_share * sample_size >= 2; here {self.sample_size} points)",
+            )
         _check(
             (self.distance_threshold is None) != (self.n_clusters is None),
             "set exactly one of distance_threshold and n_clusters",
@@ -105,9 +116,20 @@ class AugmentConfig:
         _check(self.crop_padding >= 0, "crop_padding must not be negative")
 
 
+def cluster_epochs(n: int, epochs: int, batch_size: int, min_steps: int) -> int:
+    """Epochs a cluster of ``n`` samples trains: ``epochs``, or more when a cluster is so
+    small that ``epochs`` would give it fewer than ``min_steps`` optimisation steps. A
+    function of the cluster's own size only, so training stays exact."""
+    per_epoch = max(1, math.ceil(n / batch_size))
+    return max(epochs, math.ceil(min_steps / per_epoch))
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = 12
+    min_steps: int = 0
+    """Each cluster trains at least this many optimisation steps: small clusters get more
+    epochs. 0 turns it off."""
     batch_size: int = 32
     prompt_lr: float = 1.0
     head_lr: float = 0.05
@@ -118,12 +140,17 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs must be at least 1")
+        _check(self.min_steps >= 0, "min_steps must not be negative")
         _check(self.batch_size >= 1, "batch_size must be at least 1")
         _check(self.prompt_lr >= 0, "prompt_lr must not be negative")
         _check(self.head_lr >= 0, "head_lr must not be negative")
         _check(0 <= self.momentum < 1, "momentum must be in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay must not be negative")
         _check(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]")
+
+    def epochs_for(self, n: int) -> int:
+        """Epochs of a cluster of ``n`` samples (see ``cluster_epochs``)."""
+        return cluster_epochs(n, self.epochs, self.batch_size, self.min_steps)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Counters and histograms are updated where events happen (a submission, a batch o
 Gauges are computed at scrape time by ``StateCollector`` from a ``DaemonState`` snapshot: cheap
 reads of the queue database, the serving version's manifest facts and the executor, with no
 batch work or lock of the batch runner involved. The batch model's formulas come from
-``poisson.py``; the helpers here only estimate its inputs (the deletion rate, ``T_c``, the
-retune throughput) from what was observed.
+``poisson.py`` and ``planner.py`` (per-cluster costs, shared with ``eraserd plan``); the
+helpers here only estimate its inputs (the deletion rate, ``T_c``, the retune throughput)
+from what was observed.
 
 Labels never carry request, sample, subject or cluster ids: only ``outcome``, ``split``,
 ``device`` and the build's ``version``/``backbone``.
@@ -32,7 +33,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from . import poisson
+from . import planner
 from .config import Config
 from .queue import PENDING, BatchState
 
@@ -75,34 +76,38 @@ class ModelFacts:
     train: int
     test: int
     created_at: float
-    epochs: int
     jobs: tuple[tuple[float, float], ...]
     """(seconds, image-steps) of each cluster this version retuned."""
+    plan: planner.PlanInputs
+    """Per-cluster retune seconds and recluster cost, exactly as ``eraserd plan`` reads them."""
+    retrain_share: float | None
+    largest_share: float | None
 
     @classmethod
     def from_manifest(cls, m: dict) -> ModelFacts:
         sizes = {c["key"]: int(c["size"]) for c in m["clusters"]}
-        epochs = int(m.get("config", {}).get("training", {}).get("epochs", 1))
+        steps = planner.image_steps(m)
         jobs = m.get("change", {}).get("jobs") or {}
+        cost = m.get("cost") or {}
         return cls(
             version=int(m["version"]),
             sizes=tuple(sizes.values()),
             train=int(m["samples"]["train"]),
             test=int(m["samples"]["test"]),
             created_at=datetime.fromisoformat(m["created_at"]).timestamp(),
-            epochs=epochs,
             jobs=tuple(
-                (float(j["seconds"]), float(sizes[k] * epochs))
-                for k, j in sorted(jobs.items())
-                if k in sizes
+                (float(j["seconds"]), steps[k]) for k, j in sorted(jobs.items()) if k in sizes
             ),
+            plan=planner.plan_inputs(m),
+            retrain_share=cost.get("expected_retrain_share"),
+            largest_share=cost.get("largest_share"),
         )
 
 
 @dataclass(frozen=True)
 class RetuneCost:
     cluster_s: float | None
-    """``T_c``: mean seconds of one cluster's retune job."""
+    """``T_c``: mean seconds of one cluster's retune job (observed, recent jobs)."""
     throughput: float | None
     """Image-steps (cluster size x epochs) per second of retune job."""
 
@@ -118,46 +123,53 @@ def retune_cost(jobs: Iterable[tuple[float, float]]) -> RetuneCost:
 
 @dataclass(frozen=True)
 class Forecast:
-    """The batch model evaluated at the estimated rate, window and current cluster sizes."""
+    """The batch model at the estimated rate and the window, on the serving version.
+
+    Costs are per cluster and size-aware, from the same ``planner.plan_row`` that
+    ``eraserd plan`` prints, so the two always agree on the same inputs.
+    """
 
     rate: float
     expected_k: float
     variance_k: float
     p_any: float
-    batch_single_s: float | None
-    batch_parallel_s: float | None
-    single_prompt_s: float | None
-    """``T_s``: one prompt over every private sample, at the measured throughput."""
-    gain: float | None
+    batch_single_s: float
+    """Expected batch seconds per window on one device (empty windows count 0)."""
+    batch_parallel_s: float
+    """The same on ``devices`` devices."""
+    single_prompt_s: float
+    """``T_s``: one prompt over every private sample (the sum of the clusters' times)."""
+    gain: float
+    """Device-seconds of a single prompt over LMEraser's on the same deletions."""
 
 
-def forecast(
-    sizes: tuple[int, ...],
-    rate: float,
-    window_s: float,
-    cost: RetuneCost,
-    devices: int,
-    epochs: int,
-) -> Forecast:
-    single = parallel = t_s = gain = None
-    if cost.cluster_s is not None:
-        single = poisson.expected_batch_seconds(cost.cluster_s, sizes, rate, window_s, 1)
-        parallel = poisson.expected_batch_seconds(
-            cost.cluster_s, sizes, rate, window_s, max(1, devices)
+def forecast(inputs: planner.PlanInputs, rate: float, window_s: float, devices: int) -> Forecast:
+    sizes, seconds = inputs.sizes, inputs.times.seconds
+
+    def row(d: int) -> planner.PlanRow:
+        full = planner.full_retrain_seconds(seconds, d)
+        return planner.plan_row(
+            sizes,
+            seconds,
+            rate,
+            window_s,
+            math.inf,
+            d,
+            full,
+            inputs.sample_counts,
+            inputs.recluster_share,
         )
-    if cost.throughput:
-        t_s = sum(sizes) * epochs / cost.throughput
-        if cost.cluster_s:
-            gain = poisson.efficiency_gain(t_s, cost.cluster_s)
+
+    one, many = row(1), row(max(1, devices))
     return Forecast(
         rate,
-        poisson.expected_affected(sizes, rate, window_s),
-        poisson.variance_affected(sizes, rate, window_s),
-        poisson.p_any(rate, window_s),
-        single,
-        parallel,
-        t_s,
-        gain,
+        one.expected_affected,
+        one.variance_affected,
+        one.p_any,
+        one.batch_s,
+        many.batch_s,
+        float(sum(seconds)),
+        planner.efficiency_gain(one, inputs),
     )
 
 
@@ -252,12 +264,14 @@ GAUGES: dict[str, str] = {
     "eraserd_poisson_expected_affected_clusters": "E[K] per window (Eq. 9).",
     "eraserd_poisson_affected_clusters_variance": "Var[K] per window (Eq. 17).",
     "eraserd_poisson_any_affected_probability": "P(K >= 1) per window (Eq. 21).",
-    "eraserd_poisson_expected_batch_single_device_seconds": "T_c * E[K]: one device.",
-    "eraserd_poisson_expected_batch_seconds": "T_c * E[ceil(K / d)]: d workers up.",
+    "eraserd_poisson_expected_batch_single_device_seconds": "Expected batch s/window, 1 device.",
+    "eraserd_poisson_expected_batch_seconds": "Expected batch s/window, d workers up.",
     "eraserd_retune_cluster_mean_seconds": "T_c: mean seconds of recent retune jobs.",
     "eraserd_retune_throughput_image_steps_per_second": "Cluster size x epochs per job second.",
-    "eraserd_retune_single_prompt_seconds": "T_s: one prompt on all samples at that rate.",
-    "eraserd_efficiency_gain_ratio": "T_s / T_c (Eq. 24).",
+    "eraserd_retune_single_prompt_seconds": "T_s: one prompt retrained on all samples.",
+    "eraserd_efficiency_gain_ratio": "Single-prompt over LMEraser device-seconds (Eq. 24).",
+    "eraserd_expected_retrain_share": "Share of training data a random deletion retrains.",
+    "eraserd_largest_cluster_share": "Largest cluster's share of the training data.",
     "eraserd_registry_version": "Version being served.",
     "eraserd_registry_current_version": "Version CURRENT names on disk.",
     "eraserd_clusters": "Clusters in the serving version.",
@@ -303,7 +317,7 @@ class StateCollector:
         d, q, m = self.cfg.daemon, s.queue, s.model
         since = min(s.started_at, q.first_submitted or s.started_at)
         rate = estimate_rate(q.recent_samples, s.now - since, d.rate_horizon_s, d.batch_window_s)
-        f = forecast(m.sizes, rate, d.batch_window_s, cost, sum(s.workers.values()), m.epochs)
+        f = forecast(m.plan, rate, d.batch_window_s, sum(s.workers.values()))
         oldest = 0.0 if q.oldest_pending is None else max(0.0, s.now - q.oldest_pending)
         last = max(q.last_published or m.created_at, m.created_at)
         one = {
@@ -325,6 +339,8 @@ class StateCollector:
             "eraserd_retune_throughput_image_steps_per_second": cost.throughput,
             "eraserd_retune_single_prompt_seconds": f.single_prompt_s,
             "eraserd_efficiency_gain_ratio": f.gain,
+            "eraserd_expected_retrain_share": m.retrain_share,
+            "eraserd_largest_cluster_share": m.largest_share,
             "eraserd_registry_version": m.version,
             "eraserd_registry_current_version": s.current_version,
             "eraserd_clusters": len(m.sizes),

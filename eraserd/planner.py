@@ -7,6 +7,12 @@ The model, on top of the paper's Appendix 2 (``poisson.py``):
   ``P_i = 1 - exp(-(m_i / N) * rate * T)``, independently of the others.
 * Retuning cluster ``i`` costs ``c_i`` device-seconds (measured, or estimated from its size).
   Device-seconds per day are ``(86400 / T) * sum_i P_i * c_i``.
+* A deletion of a clustering-sample point reclusters (probability ``P_recl`` per window, at
+  rate ``rate * S / N``), which retrains ``R`` of the data (``cost.py``'s
+  ``recluster_share``, measured by replaying such deletions). It adds
+  ``P_recl * R * sum_i c_i`` device-seconds, and ``P_recl * R`` of a full retrain's makespan
+  to the batch, to each window: an upper bound, as a recluster may also retrain clusters
+  that were hit anyway.
 * A request waits for the end of its window (``T / 2`` on average, ``T`` at worst), then for
   its batch. Expected latency is ``T / 2 + E[batch | K >= 1]``. Worst latency is
   ``T + full retrain``: a deletion from the clustering sample reclusters, which may change
@@ -32,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import poisson
+from .config import cluster_epochs
 
 DAY_S = 86400.0
 SHORTEST_WINDOW_S = 60.0
@@ -96,23 +103,25 @@ class RetuneTimes:
 
 def retune_times(
     sizes: Sequence[int],
-    epochs: int,
+    epochs: int | Sequence[int],
     measured: Sequence[float | None],
     sample_epochs_per_s: float = DEFAULT_SAMPLE_EPOCHS_PER_S,
 ) -> RetuneTimes:
     """Measured seconds where a cluster has them, else ``size * epochs`` at the throughput
     of the measured clusters (sum of seconds over sum of sample-epochs), else at the given
-    fallback throughput."""
+    fallback throughput. ``epochs`` is one count, or each cluster's own (``min_steps``)."""
     if len(measured) != len(sizes):
         raise ValueError("need one measured time (or None) per cluster")
-    if epochs < 1:
-        raise ValueError("epochs must be at least 1")
+    per_cluster = [epochs] * len(sizes) if isinstance(epochs, int) else list(epochs)
+    if len(per_cluster) != len(sizes) or min(per_cluster, default=1) < 1:
+        raise ValueError("epochs must be at least 1, one count or one per cluster")
     if not (sample_epochs_per_s > 0 and math.isfinite(sample_epochs_per_s)):
         raise ValueError("the fallback throughput must be positive")
-    known = [(m, s) for m, s in zip(sizes, measured) if s is not None]
+    steps = [m * e for m, e in zip(sizes, per_cluster)]
+    known = [(w, s) for w, s in zip(steps, measured) if s is not None]
     if any(s < 0 for _, s in known):
         raise ValueError("measured retune times must not be negative")
-    work = sum(m * epochs for m, _ in known)
+    work = sum(w for w, _ in known)
     if known and work > 0 and sum(s for _, s in known) > 0:
         per = sum(s for _, s in known) / work
         basis = (
@@ -121,8 +130,27 @@ def retune_times(
     else:
         per = 1.0 / sample_epochs_per_s
         basis = f"assumed {sample_epochs_per_s:.4g} sample-epochs/s (no retune measured)"
-    secs = tuple(float(s) if s is not None else m * epochs * per for m, s in zip(sizes, measured))
+    secs = tuple(float(s) if s is not None else w * per for w, s in zip(steps, measured))
     return RetuneTimes(secs, per, len(known), basis)
+
+
+def cluster_epochs_of(manifest: Mapping) -> list[int]:
+    """Each cluster's epochs under the version's training config (``min_steps`` included)."""
+    t = manifest["config"]["training"]
+    return [
+        cluster_epochs(
+            int(c["size"]), int(t["epochs"]), int(t["batch_size"]), t.get("min_steps", 0)
+        )
+        for c in manifest["clusters"]
+    ]
+
+
+def image_steps(manifest: Mapping) -> dict[str, float]:
+    """Image-steps (size x epochs) of each cluster of a version, by key."""
+    return {
+        c["key"]: float(c["size"] * e)
+        for c, e in zip(manifest["clusters"], cluster_epochs_of(manifest))
+    }
 
 
 @dataclass(frozen=True)
@@ -136,6 +164,8 @@ class PlanInputs:
     times: RetuneTimes
     batch_seconds: float
     """The version's own change time: what the daemon starts from as its predicted batch time."""
+    recluster_share: float = 0.0
+    """Share of the data a recluster retrains (0 when the version does not say)."""
 
 
 def plan_inputs(manifest: Mapping) -> PlanInputs:
@@ -145,13 +175,14 @@ def plan_inputs(manifest: Mapping) -> PlanInputs:
     jobs = manifest["change"].get("jobs") or {}
     sizes = tuple(int(c["size"]) for c in clusters)
     measured = [jobs[c["key"]]["seconds"] if c["key"] in jobs else None for c in clusters]
-    times = retune_times(sizes, int(manifest["config"]["training"]["epochs"]), measured)
+    times = retune_times(sizes, cluster_epochs_of(manifest), measured)
     return PlanInputs(
         int(manifest["version"]),
         sizes,
         tuple(int(c.get("sample_count", 0)) for c in clusters),
         times,
         float(manifest["change"].get("seconds") or 60.0),
+        float((manifest.get("cost") or {}).get("recluster_share", 0.0)),
     )
 
 
@@ -192,6 +223,8 @@ class PlanRow:
     device_s_per_day: float
     single_prompt_device_s_per_day: float
     """The same deletions against one prompt over all data (the paper's ``T_s``, Eq. 22)."""
+    batch_s: float
+    """Expected batch duration per window, windows with no work counted as 0."""
     expected_batch_s: float
     """Expected duration of a batch that has work (``K >= 1``)."""
     busy: float
@@ -244,6 +277,7 @@ def plan_row(
     devices: int | None,
     full_retrain_s: float,
     sample_counts: Sequence[int] | None = None,
+    recluster_share: float = 0.0,
 ) -> PlanRow:
     """One window's cost and latency under the model in the module docstring; feasible if
     the worst latency is within ``budget_s`` (the deadline less the margin)."""
@@ -261,12 +295,14 @@ def plan_row(
             poisson.expected_batch_seconds(mean_c, sizes, rate, window_s, devices),
             expected_largest(hit, c),  # no batch is faster than its largest cluster
         )
-    nonempty = 1.0 - float(np.prod(1.0 - hit))
-    batch_if_any = batch / nonempty if nonempty > 0 else 0.0
     n = float(np.sum(sizes))
     recl = 0.0
     if sample_counts is not None and n > 0:
         recl = poisson.p_any(rate * float(np.sum(sample_counts)) / n, window_s)
+    work += recl * recluster_share * float(c.sum())
+    batch += recl * recluster_share * full_retrain_s
+    nonempty = 1.0 - float(np.prod(1.0 - hit))
+    batch_if_any = batch / nonempty if nonempty > 0 else 0.0
     busy = batch / window_s
     worst = window_s + full_retrain_s
     return PlanRow(
@@ -279,6 +315,7 @@ def plan_row(
         retrains_per_day=per_day * e_k,
         device_s_per_day=per_day * work,
         single_prompt_device_s_per_day=per_day * any_hit * float(c.sum()),
+        batch_s=batch,
         expected_batch_s=batch_if_any,
         busy=busy,
         expected_latency_s=window_s / 2 + batch_if_any,
@@ -297,6 +334,7 @@ def plan(
     windows: Sequence[float] | None = None,
     current_window_s: float | None = None,
     margin_s: float = 0.0,
+    recluster_share: float = 0.0,
 ) -> Plan:
     """The trade-off table over candidate windows and the cheapest feasible one.
 
@@ -334,7 +372,9 @@ def plan(
     if not windows or any(not (t > 0 and math.isfinite(t)) for t in windows):
         raise ValueError("candidate windows must be positive numbers of seconds")
     rows = tuple(
-        plan_row(sizes, cluster_seconds, rate, t, budget, devices, full, sample_counts)
+        plan_row(
+            sizes, cluster_seconds, rate, t, budget, devices, full, sample_counts, recluster_share
+        )
         for t in sorted(windows)
     )
     feasible = [r for r in rows if r.feasible]
@@ -351,6 +391,22 @@ def plan(
         current_window_s,
         margin_s,
     )
+
+
+def efficiency_gain(row: PlanRow, inputs: PlanInputs) -> float:
+    """Device-seconds a single prompt over all data would spend on the same deletions,
+    over LMEraser's (Eq. 24, size-aware and with reclusters). At a zero rate it is the
+    limit ``sum c / (sum (m_i / N) c_i + (S / N) * R * sum c)``."""
+    if row.device_s_per_day > 0:
+        return row.single_prompt_device_s_per_day / row.device_s_per_day
+    m = np.asarray(inputs.sizes, dtype=np.float64)
+    c = np.asarray(inputs.times.seconds, dtype=np.float64)
+    n, total = float(m.sum()), float(c.sum())
+    if n <= 0 or total <= 0:
+        return float("nan")
+    per_deletion = float((m / n * c).sum())
+    per_deletion += sum(inputs.sample_counts) / n * inputs.recluster_share * total
+    return total / per_deletion
 
 
 # ---- output -----------------------------------------------------------------------------
@@ -412,7 +468,12 @@ def format_plan(p: Plan, inputs: PlanInputs | None = None) -> str:
     if best.p_recluster > 0.05:
         lines.append(
             f"note: {best.p_recluster:.0%} of windows delete a clustering-sample member and "
-            "recluster; the table's cost counts only clusters hit by deletions"
+            + (
+                f"recluster, retraining {inputs.recluster_share:.0%} of the data each time "
+                "(counted in the cost above)"
+                if inputs is not None and inputs.recluster_share > 0
+                else "recluster; the table's cost counts only clusters hit by deletions"
+            )
         )
     return "\n".join(lines)
 

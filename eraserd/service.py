@@ -18,12 +18,11 @@ from .builder import Change, cluster_fingerprint, materialize
 from .clustering import (
     Partition,
     build_partition,
-    clustering_sample,
-    hac_labels,
     merge_heights,
     remove_members,
 )
 from .config import Config
+from .cost import DEFAULT_EVALUATIONS, Replay, Rule
 from .data.sources import open_source
 from .data.store import SampleRow, Store
 from .errors import ConfigError, DataError, RegistryError
@@ -109,7 +108,8 @@ class Eraser:
             raise DataError("the store holds no training samples")
         feats = ensure_features(self.store, self.backbone, train + test)
         part = self._cluster(train, feats)
-        manifest = self._materialize(part, feats, test, None, Change("build"))
+        change = Change("build", cost=self._cost(part, train, feats))
+        manifest = self._materialize(part, feats, test, None, change)
         self._publish(manifest)
         return manifest
 
@@ -117,8 +117,34 @@ class Eraser:
         c = self.cfg.clustering
         ids = [r.sample_id for r in train]
         return build_partition(
-            ids, feats, self.cfg.seed, c.sample_size, c.distance_threshold, c.n_clusters
+            ids,
+            feats,
+            self.cfg.seed,
+            c.sample_size,
+            c.distance_threshold,
+            c.n_clusters,
+            c.max_cluster_share,
         )
+
+    def _steps(self, m: int) -> float:
+        """Image-steps of training a cluster of ``m`` samples."""
+        return float(m * self.cfg.training.epochs_for(m))
+
+    def _cost(
+        self,
+        part: Partition,
+        train: list[SampleRow],
+        feats: dict[str, np.ndarray],
+        evaluations: int = DEFAULT_EVALUATIONS,
+    ) -> dict:
+        """What a random single deletion from ``part`` retrains (see ``cost.py``)."""
+        c = self.cfg.clustering
+        points = min(evaluations, len(part.sample))
+        replay = Replay([r.sample_id for r in train], feats, self.cfg.seed, c.sample_size)
+        rule = Rule(c.distance_threshold, c.n_clusters, c.max_cluster_share)
+        with bar(total=points, desc="deletion cost", unit="replay") as progress:
+            cost = replay.cost(rule, part, evaluations, progress.update, self._steps)
+        return cost.to_dict()
 
     def _materialize(
         self,
@@ -204,15 +230,14 @@ class Eraser:
         recluster = bool(gone_train & old.sample) or (
             manifest["cluster_fingerprint"] != cluster_fingerprint(self.cfg, self.backbone)
         )
-        feats = ensure_features(
-            self.store, self.backbone, live_test + (live_train if recluster else [])
-        )
+        feats = ensure_features(self.store, self.backbone, live_test + live_train)
         part = self._cluster(live_train, feats) if recluster else remove_members(old, gone_train)
         where = old.cluster_of()
         # A retry after a crash between swap and purge finds the ids already out of the model.
         affected = tuple(sorted({old.keys[where[i]] for i in gone_train if i in where}))
+        cost = self._cost(part, live_train, feats)
         emit("retuning")
-        change = Change("forget", len(rows), recluster, batch, affected)
+        change = Change("forget", len(rows), recluster, batch, affected, cost)
         manifest = self._materialize(part, feats, live_test, manifest, change)
         sha = self.registry.write_version(manifest)
         emit("written")
@@ -265,6 +290,7 @@ class Eraser:
 
     def info(self) -> dict:
         m = self.registry.load()
+        cost = m.get("cost") or self.current_cost(m)
         return {
             "version": m["version"],
             "parent": m["parent"],
@@ -276,7 +302,16 @@ class Eraser:
             "cluster_sizes": {c["key"]: c["size"] for c in m["clusters"]},
             "accuracy": m["accuracy"],
             "change": m["change"],
+            "expected_retrain_share": cost["expected_retrain_share"],
+            "largest_cluster_share": cost["largest_share"],
+            "cost": cost,
         }
+
+    def current_cost(self, manifest: dict) -> dict:
+        """The deletion cost of a version written before manifests carried it."""
+        part = self.current_partition(manifest)
+        train = [r for r in self.store.rows("train") if r.sample_id in part.cluster_of()]
+        return self._cost(part, train, ensure_features(self.store, self.backbone, train))
 
     def samples(self, cluster: str | None = None) -> list[dict]:
         m = self.registry.load()
@@ -298,37 +333,57 @@ class Eraser:
                 )
         return out
 
-    def threshold_table(self, points: int = 12) -> list[dict]:
-        """Cluster count and largest-cluster share of the sample at candidate thresholds."""
+    def threshold_table(
+        self,
+        points: int = 8,
+        caps: tuple[float | None, ...] = (None, 0.2, 0.1, 0.05, 0.02),
+        evaluations: int = 16,
+    ) -> list[dict]:
+        """Candidate settings (distance threshold x cluster cap) and what each gives on the
+        live training data: clusters, largest share, expected retrain share per deletion.
+
+        Thresholds are picked between the sample's merge heights for log-spaced cluster
+        counts; the configured setting is always included. Nothing is built.
+        """
         if self.store.is_empty():
             self.ingest()
+        c = self.cfg.clustering
         train = self.store.rows("train")
-        ids = clustering_sample(
-            [r.sample_id for r in train], self.cfg.seed, self.cfg.clustering.sample_size
-        )
-        feats = ensure_features(
-            self.store, self.backbone, [r for r in train if r.sample_id in set(ids)]
-        )
-        x = np.stack([feats[i] for i in ids])
-        heights = merge_heights(x)  # ascending; k clusters need k-1 heights above t
-        out = []
-        for k in _cluster_counts(len(ids), points):
-            if k >= len(ids):
-                t = float(heights[0] / 2)
+        if not train:
+            raise DataError("the store holds no training samples")
+        feats = ensure_features(self.store, self.backbone, train)
+        replay = Replay([r.sample_id for r in train], feats, self.cfg.seed, c.sample_size)
+        heights = merge_heights(np.stack([feats[i] for i in replay.sample]))
+        n = len(replay.sample)
+        thresholds = []
+        for k in _cluster_counts(n, points):  # k clusters need k-1 heights above t
+            if k >= n:
+                thresholds.append(float(heights[0] / 2))
             elif k == 1:
-                t = float(heights[-1] * 1.05)
+                thresholds.append(float(heights[-1] * 1.05))
             else:
-                t = float((heights[len(heights) - k] + heights[len(heights) - k + 1]) / 2)
-            labels = hac_labels(x, t, None)
-            sizes = np.bincount(labels)
-            out.append(
-                {
-                    "threshold": t,
-                    "clusters": int(sizes.size),
-                    "largest": int(sizes.max()),
-                    "smallest": int(sizes.min()),
-                }
-            )
+                thresholds.append(float((heights[n - 1 - k] + heights[n - k]) / 2))
+        current = Rule(c.distance_threshold, c.n_clusters, c.max_cluster_share)
+        rules = [current] + [
+            Rule(t, None, cap)
+            for cap in dict.fromkeys(caps)
+            for t in sorted(set(thresholds))
+            if Rule(t, None, cap) != current
+        ]
+        out = []
+        with bar(total=len(rules), desc="settings", unit="setting") as progress:
+            for rule in rules:
+                cost = replay.cost(rule, evaluations=evaluations, steps=self._steps)
+                out.append(
+                    {
+                        "threshold": rule.distance_threshold,
+                        "n_clusters": rule.n_clusters,
+                        "max_cluster_share": rule.max_share,
+                        "configured": rule == current,
+                        **cost.to_dict(),
+                    }
+                )
+                progress.update(1)
         return out
 
     def predictor(self) -> Predictor:

@@ -103,10 +103,42 @@ def test_build_info_samples_predict_forget_verify(copy, digits_data):
 
 
 def test_thresholds_table(copy):
-    table = json.loads(run("thresholds", "--config", copy, "--points", "6", "--json").stdout)
-    counts = [t["clusters"] for t in table]
-    assert counts == sorted(counts) and counts[0] == 1 and counts[-1] == 60
-    assert all(t["smallest"] <= t["largest"] for t in table)
+    out = run(
+        "thresholds", "-c", copy, "--points", "5", "--caps", "none,0.3", "--evaluations", "64"
+    )
+    table = json.loads(
+        run(
+            "thresholds",
+            "-c",
+            copy,
+            "--points",
+            "5",
+            "--caps",
+            "none,0.3",
+            "--evaluations",
+            "64",
+            "--json",
+        ).stdout
+    )
+    configured = [t for t in table if t["configured"]]
+    assert len(configured) == 1 and table[0]["configured"]
+    # The configured setting's cost is what `info` reports for the built model.
+    info = json.loads(run("info", "-c", copy, "--json").stdout)
+    assert configured[0]["expected_retrain_share"] == info["expected_retrain_share"]
+    assert configured[0]["largest_share"] == info["largest_cluster_share"]
+    free = [t for t in table if t["max_cluster_share"] is None and not t["configured"]]
+    capped = [t for t in table if t["max_cluster_share"] == 0.3]
+    assert len(free) == len(capped) >= 4
+    by_t = sorted(free, key=lambda t: -t["threshold"])
+    counts = [t["clusters"] for t in by_t]
+    assert counts == sorted(counts) and counts[0] == 1
+    assert by_t[0]["expected_retrain_share"] == 1.0 and by_t[0]["largest_share"] == 1.0
+    for a, b in zip(free, capped):
+        assert a["threshold"] == b["threshold"] and b["largest_share"] <= a["largest_share"]
+    assert min(t["expected_retrain_share"] for t in capped) < 0.5
+    assert "<- configured" in out.stdout and "retrain/del" in out.stdout
+    bad = run("thresholds", "-c", copy, "--caps", "0.3,big", check=False)
+    assert bad.returncode == 2 and "'big' is not a share in (0, 1]" in bad.stderr
 
 
 def test_config_errors_name_the_key(tmp_path, digits_data):

@@ -117,6 +117,29 @@ def test_n_clusters_alone_is_accepted():
     assert (cfg.clustering.distance_threshold, cfg.clustering.n_clusters) == (None, 4)
 
 
+@pytest.mark.parametrize(
+    "clustering, message",
+    [
+        ({"max_cluster_share": 0}, "clustering.max_cluster_share: must be in (0, 1] or null"),
+        ({"max_cluster_share": 1.5}, "clustering.max_cluster_share: must be in (0, 1] or null"),
+        ({"max_cluster_share": "small"}, "clustering.max_cluster_share: expected a number"),
+        (
+            {"max_cluster_share": 0.01, "sample_size": 100},
+            "clustering.max_cluster_share: must allow at least 2 clustering-sample points",
+        ),
+    ],
+)
+def test_cluster_cap_errors_name_the_key(clustering, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"clustering": clustering})
+    assert str(info.value).startswith(message)
+
+
+def test_cluster_cap_is_accepted():
+    cfg = config_from_dict({"clustering": {"max_cluster_share": 0.05, "sample_size": 400}})
+    assert cfg.clustering.max_cluster_share == 0.05
+
+
 def test_load_missing_file(tmp_path):
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError, match="config file not found") as info:

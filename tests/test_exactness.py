@@ -6,6 +6,8 @@ import csv
 
 import pytest
 
+from eraserd.cost import Replay, Rule
+from eraserd.model.features import ensure_features
 from eraserd.service import Eraser
 
 
@@ -48,8 +50,9 @@ def model_view(er: Eraser) -> dict:
     [
         {"n_clusters": 4, "distance_threshold": None},
         {"n_clusters": None, "distance_threshold": 0.3},
+        {"n_clusters": 1, "distance_threshold": None, "max_cluster_share": 0.3},
     ],
-    ids=["n_clusters", "threshold"],
+    ids=["n_clusters", "threshold", "cap"],
 )
 def test_forget_equals_fresh_build(make_config, digits_data, tmp_path, lite0_32, clustering):
     cfg = make_config("a", clustering=clustering)
@@ -151,4 +154,37 @@ def test_forget_retried_after_a_crash_before_purge(make_config, lite0_32):
         result = er.forget(sample_ids=[victim])
         assert result.affected == [] and result.retrained == []
         assert victim not in {r.sample_id for r in er.store.rows()}
+        assert er.verify()["identical"]
+
+
+@pytest.mark.slow
+def test_bounded_clusters_forget_what_the_cost_model_says(make_config, lite0_32):
+    """With a cap: a non-sample deletion retrains only its own cluster, and a sample
+    deletion retrains exactly the clusters the cost model's replay predicts; verify holds."""
+    clustering = {"n_clusters": 1, "distance_threshold": None, "max_cluster_share": 0.3}
+    cfg = make_config("f", clustering=clustering)
+    with Eraser(cfg, backbone=lite0_32) as er:
+        first = er.build()
+        assert len(first["clusters"]) >= 3, "the cap must split the data"
+        assert first["cost"]["largest_share"] <= 0.3
+        assert first["cost"]["expected_retrain_share"] < 0.5
+        rows = [r for r in er.samples() if r["split"] == "train"]
+        outside = next(r for r in rows if not r["in_clustering_sample"])
+        result = er.forget(sample_ids=[outside["sample_id"]])
+        assert not result.reclustered and result.retrained == [outside["cluster"]]
+
+        manifest = er.registry.load()
+        part = er.current_partition(manifest)
+        train = sorted(part.cluster_of())
+        feats = ensure_features(er.store, er.backbone, [r for r in er.store.rows("train")])
+        victim = sorted(part.sample)[0]
+        replay = Replay(train, feats, cfg.seed, cfg.clustering.sample_size)
+        rule = Rule(None, 1, 0.3)
+        predicted = replay.retrained(rule, part, victim)
+        result = er.forget(sample_ids=[victim])
+        after = er.registry.load()
+        assert result.reclustered
+        sizes = {c["key"]: c["size"] for c in after["clusters"]}
+        assert (sum(sizes[k] for k in result.retrained), len(result.retrained)) == predicted
+        assert after["cost"]["train"] == len(train) - 1
         assert er.verify()["identical"]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import math
+import json
 import re
 import shutil
 import subprocess
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_util import DaemonProc, start_published_daemon
+from daemon_util import BIN, DaemonProc, start_published_daemon
 from prometheus_client.parser import text_string_to_metric_families
 
-from eraserd import __version__, poisson
+from eraserd import __version__, planner, poisson
 from eraserd.metrics import QueueView, estimate_rate, forecast, retune_cost
 from eraserd.queue import Queue
 from eraserd.registry import Registry
@@ -106,16 +106,29 @@ def test_metrics_after_a_published_batch(daemon):
     assert value(m, "eraserd_poisson_any_affected_probability") == approx(poisson.p_any(rate, 1.0))
     t_c = value(m, "eraserd_retune_cluster_mean_seconds")
     throughput = value(m, "eraserd_retune_throughput_image_steps_per_second")
-    t_s = value(m, "eraserd_retune_single_prompt_seconds")
     assert t_c > 0 and throughput > 0
-    assert t_s == approx(sum(sizes) * manifest["config"]["training"]["epochs"] / throughput)
-    assert value(m, "eraserd_efficiency_gain_ratio") == approx(t_s / t_c)
+    assert value(m, "eraserd_expected_retrain_share") == manifest["cost"]["expected_retrain_share"]
+    assert value(m, "eraserd_largest_cluster_share") == manifest["cost"]["largest_share"]
+
+    # Size-aware costs: the same numbers `eraserd plan` prints for this rate and window.
+    plan = json.loads(
+        subprocess.run(
+            [str(BIN / "eraserd"), "plan", "-c", str(daemon.config), "--json"]
+            + ["--rate", repr(rate), "--deadline", "1h", "--devices", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+    )
+    row = next(r for r in plan["rows"] if r["window_s"] == 1.0)
+    assert value(m, "eraserd_retune_single_prompt_seconds") == approx(sum(plan["cluster_seconds"]))
     assert value(m, "eraserd_poisson_expected_batch_single_device_seconds") == approx(
-        poisson.expected_batch_seconds(t_c, sizes, rate, 1.0, devices=1)
+        row["batch_s"]
     )
-    assert value(m, "eraserd_poisson_expected_batch_seconds") == approx(
-        poisson.expected_batch_seconds(t_c, sizes, rate, 1.0, devices=1)  # one worker up
-    )
+    assert value(m, "eraserd_poisson_expected_batch_seconds") == approx(row["batch_s"])  # 1 up
+    gain = row["single_prompt_device_s_per_day"] / row["device_s_per_day"]
+    assert value(m, "eraserd_efficiency_gain_ratio") == approx(gain)
 
     # No ids in names or labels.
     assert not re.search(r"\bs0\d{3}\b|subj\d{3}|del_[0-9a-f]", text)
@@ -201,20 +214,58 @@ def test_rate_estimate_divides_by_the_history_it_has():
     assert estimate_rate(0, observed_s=0, horizon_s=3600, window_s=60) == 0
 
 
-def test_forecast_uses_the_poisson_model():
-    sizes, rate, window = (50, 30, 20), 0.02, 60.0
+def manifest_like(sizes, samples, jobs, recluster_share) -> dict:
+    return {
+        "version": 3,
+        "clusters": [
+            {"key": f"c{i}", "size": m, "sample_count": k}
+            for i, (m, k) in enumerate(zip(sizes, samples))
+        ],
+        "change": {"jobs": {f"c{i}": {"seconds": s} for i, s in jobs.items()}, "seconds": 9.0},
+        "config": {"training": {"epochs": 2, "batch_size": 32}},
+        "cost": {"recluster_share": recluster_share},
+    }
+
+
+def test_forecast_agrees_with_the_plan_on_the_same_inputs():
+    sizes, samples = (700, 200, 60, 40), (70, 20, 6, 4)
+    inputs = planner.plan_inputs(manifest_like(sizes, samples, {0: 140.0, 3: 9.0}, 0.3))
+    rate, window = 0.004, 600.0
+    for devices in (1, 3):
+        f = forecast(inputs, rate, window, devices)
+        p = planner.plan(
+            inputs.sizes,
+            inputs.times.seconds,
+            rate,
+            86400.0,
+            devices,
+            inputs.sample_counts,
+            windows=[window],
+            recluster_share=inputs.recluster_share,
+        )
+        (row,) = p.rows
+        assert f.batch_parallel_s == pytest.approx(row.batch_s)
+        assert f.gain == pytest.approx(row.single_prompt_device_s_per_day / row.device_s_per_day)
+        assert f.expected_k == pytest.approx(poisson.expected_affected(sizes, rate, window))
+        assert f.p_any == pytest.approx(poisson.p_any(rate, window))
+    assert f.single_prompt_s == pytest.approx(sum(inputs.times.seconds))
+    # Size-aware: the big cluster is hit most and costs most, so the gain is far below the
+    # cluster count that an unweighted T_s / T_c would suggest.
+    t_c = sum(inputs.times.seconds) / len(sizes)
+    assert f.gain < 0.6 * (f.single_prompt_s / t_c)
+    # At a zero rate the gain is the limit of small rates.
+    still = forecast(inputs, 0.0, window, 1)
+    assert still.batch_single_s == 0 and still.expected_k == 0
+    assert still.gain == pytest.approx(forecast(inputs, 1e-9, window, 1).gain, rel=1e-6)
+    # Reclusters cost something: without them the gain is higher.
+    free = planner.plan_inputs(manifest_like(sizes, samples, {0: 140.0, 3: 9.0}, 0.0))
+    assert forecast(free, rate, window, 1).gain > f.gain
+
+
+def test_retune_cost_observes_recent_jobs():
     cost = retune_cost([(10.0, 100.0), (30.0, 300.0)])
     assert cost.cluster_s == 20.0 and cost.throughput == 10.0
-    f = forecast(sizes, rate, window, cost, devices=2, epochs=2)
-    assert f.expected_k == pytest.approx(poisson.expected_affected(sizes, rate, window))
-    assert f.p_any == pytest.approx(1 - math.exp(-rate * window))
-    assert f.batch_single_s == pytest.approx(20.0 * f.expected_k)
-    assert f.batch_parallel_s == pytest.approx(
-        poisson.expected_batch_seconds(20.0, sizes, rate, window, devices=2)
-    )
-    assert f.single_prompt_s == 100 * 2 / 10.0 and f.gain == 20.0 / 20.0
-    unknown = forecast(sizes, rate, window, retune_cost([]), devices=1, epochs=2)
-    assert unknown.batch_single_s is None and unknown.gain is None
+    assert retune_cost([]) == type(cost)(None, None)
 
 
 def test_queue_view_reads_counts_and_times_from_the_database(tmp_path):

@@ -203,6 +203,11 @@ def test_retune_times_measured_estimated_and_assumed():
     assert t.measured == 2 and "measured for 2 of 3" in t.basis
     fallback = planner.retune_times([100, 50], 3, [None, None], sample_epochs_per_s=300.0)
     assert fallback.seconds == pytest.approx((1.0, 0.5)) and "assumed" in fallback.basis
+    # Per-cluster epochs (min_steps gives small clusters more): work is size x own epochs.
+    own = planner.retune_times([100, 50, 10], [2, 2, 8], [4.0, None, None])
+    assert own.seconds == pytest.approx((4.0, 50 * 2 * 4.0 / 200, 10 * 8 * 4.0 / 200))
+    with pytest.raises(ValueError, match="one per cluster"):
+        planner.retune_times([1, 2], [1], [None, None])
     with pytest.raises(ValueError, match="one measured time"):
         planner.retune_times([1, 2], 1, [None])
     with pytest.raises(ValueError, match="negative"):

@@ -135,7 +135,8 @@ def plan_cluster(
     bias = (torch.rand(num_classes, generator=gen) * 2 - 1) * bound
     pad, b = tcfg.augment.crop_padding, tcfg.batch_size
     index, offsets, flips, sizes = [], [], [], []
-    for _ in range(tcfg.epochs):
+    epochs = tcfg.epochs_for(n)
+    for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         for lo in range(0, n, b):
             idx = order[lo : lo + b]
@@ -150,7 +151,7 @@ def plan_cluster(
             else:
                 flips.append(torch.zeros(len(idx), dtype=torch.bool))
     per_epoch = math.ceil(n / b)
-    total, warmup = per_epoch * tcfg.epochs, round(per_epoch * tcfg.warmup_epochs)
+    total, warmup = per_epoch * epochs, round(per_epoch * tcfg.warmup_epochs)
     off = torch.cat(offsets)
     return ClusterPlan(
         prompt,

@@ -1,0 +1,201 @@
+"""What one deletion retrains: the expected share of the training data per random deletion.
+
+A uniformly random training sample x is deleted alone. If x is not in the clustering sample,
+only its own cluster is retrained: ``m_k - 1`` samples. If it is, the data is reclustered and
+every cluster whose member set changed is retrained; ``Replay`` finds those clusters by
+running the partition code on the remaining ids, exactly as ``forget`` and a fresh build do,
+with the sample's distances and the routing columns shared between replays. The share is the
+retrained samples over the ``N - 1`` that remain, so
+
+    E[share] = ((N - S) * direct + S * recluster) / N
+
+with ``direct`` the mean over non-sample deletions and ``recluster`` the mean over
+sample deletions (every one of them, or a deterministic subset of ``evaluations``).
+Pure numpy/scipy, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.spatial.distance import pdist, squareform
+
+from .clustering import Partition, Router, assemble, cluster_sample, ranked
+from .ids import rank
+
+DEFAULT_EVALUATIONS = 64
+"""Sample deletions replayed to estimate the recluster cost when the sample is larger."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the sample is cut: the dendrogram threshold or count, and the cap."""
+
+    distance_threshold: float | None
+    n_clusters: int | None
+    max_share: float | None = None
+
+
+@dataclass(frozen=True)
+class RetrainCost:
+    train: int
+    sample: int
+    clusters: int
+    largest_share: float
+    """The largest cluster's share of the training samples."""
+    direct_share: float
+    """Mean retrained share when a non-sample point is deleted: its own cluster."""
+    p_recluster: float
+    """``S / N``: the chance that a random deletion hits the clustering sample."""
+    recluster_share: float
+    """Mean retrained share when a sample point is deleted (the data is reclustered)."""
+    recluster_share_se: float
+    """Standard error of ``recluster_share``; 0 when every sample point was replayed."""
+    recluster_clusters: float
+    """Mean number of clusters a recluster retrains."""
+    evaluated: int
+    """Sample deletions replayed."""
+    expected_retrain_share: float
+    expected_compute_share: float
+    """Expected retrain work (image-steps, each cluster at its own epochs) per random deletion,
+    over the work of retraining one prompt on all the remaining data."""
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class Replay:
+    """The partition code over one set of training ids, for many rules and many deletions.
+
+    Pairwise distances of the sample (and of the point that enters it when a sample point is
+    deleted) and each prototype's routing column are computed once and shared, so a replay
+    costs one linkage and the routing of new prototypes. Every answer is bitwise what
+    ``build_partition`` returns on the same ids.
+    """
+
+    def __init__(
+        self, ids: list[str], features: dict[str, np.ndarray], seed: int, sample_size: int
+    ):
+        self.ids = list(ids)
+        self.seed = seed
+        order = ranked(self.ids, seed)
+        self.sample = order[:sample_size]
+        self.pool = order[: sample_size + 1]  # deleting a sample point brings in the next
+        self.row = {i: r for r, i in enumerate(self.ids)}
+        self.router = Router(np.stack([features[i] for i in self.ids]))
+        self.x = np.stack([features[i] for i in self.pool]).astype(np.float32)
+        self.pool_router = Router(self.x)
+        self.dist = squareform(pdist(self.x.astype(np.float64)))
+
+    def partition(self, rule: Rule, gone: str | None = None) -> Partition:
+        """What a fresh build gives on the ids, or on the ids without ``gone``."""
+        keep = [j for j, i in enumerate(self.pool) if i != gone][: len(self.sample)]
+        sample = [self.pool[j] for j in keep]
+        condensed = squareform(self.dist[np.ix_(keep, keep)], checks=False)
+        clusters = cluster_sample(
+            sample,
+            self.x[keep],
+            condensed,
+            rule.distance_threshold,
+            rule.n_clusters,
+            rule.max_share,
+            router=self.pool_router,
+            sample_index=np.array(keep),
+        )
+        chosen = set(sample)
+        rest = [i for i in self.ids if i not in chosen and i != gone]
+        index = np.array([self.row[i] for i in rest], dtype=np.int64)
+        assigned = self.router.nearest(clusters.prototypes, index) if rest else []
+        return assemble(sample, clusters, rest, assigned)
+
+    def changed(self, rule: Rule, before: Partition, gone: str) -> list[int]:
+        """Sizes of the clusters retrained when the sample point ``gone`` alone is deleted."""
+        old = set(before.members)
+        return [len(m) for m in self.partition(rule, gone).members if m not in old]
+
+    def retrained(self, rule: Rule, before: Partition, gone: str) -> tuple[int, int]:
+        """(samples, clusters) retrained when the sample point ``gone`` alone is deleted."""
+        sizes = self.changed(rule, before, gone)
+        return sum(sizes), len(sizes)
+
+    def cost(
+        self,
+        rule: Rule,
+        part: Partition | None = None,
+        evaluations: int = DEFAULT_EVALUATIONS,
+        progress: Callable[[int], None] | None = None,
+        steps: Callable[[int], float] = float,
+    ) -> RetrainCost:
+        """The expected retrained share of a random single deletion from ``part`` (by
+        default, the partition of ``rule``). ``steps(m)`` is the work of training a cluster
+        of ``m`` samples (default ``m``: every cluster the same number of epochs)."""
+        part = part if part is not None else self.partition(rule)
+        n = len(self.ids)
+        sizes = np.array(part.sizes(), dtype=np.float64)
+        largest = float(sizes.max() / n)
+        if n <= 1:
+            return RetrainCost(n, n, len(sizes), largest, 1.0, 1.0, 1.0, 0.0, 1.0, 0, 1.0, 1.0)
+        in_sample = np.array([sum(1 for i in m if i in part.sample) for m in part.members])
+        s = int(in_sample.sum())
+        outside = sizes - in_sample
+        direct = float((outside * (sizes - 1)).sum() / ((n - s) * (n - 1))) if n > s else 0.0
+        full = steps(n - 1)
+        work = [steps(int(m) - 1) if m > 1 else 0.0 for m in sizes]
+        direct_work = float((outside * np.array(work)).sum() / (n - s)) if n > s else 0.0
+        points = evaluation_points(self.sample, self.seed, evaluations)
+        shares, counts, works = [], [], []
+        for x in points:
+            changed = self.changed(rule, part, x)
+            shares.append(sum(changed) / (n - 1))
+            counts.append(len(changed))
+            works.append(sum(steps(m) for m in changed))
+            if progress is not None:
+                progress(1)
+        se = 0.0
+        if 1 < len(points) < s:
+            fpc = (s - len(points)) / (s - 1)
+            se = float(np.std(shares, ddof=1) / math.sqrt(len(points)) * math.sqrt(fpc))
+        p, recl = s / n, float(np.mean(shares))
+        return RetrainCost(
+            train=n,
+            sample=s,
+            clusters=len(sizes),
+            largest_share=largest,
+            direct_share=direct,
+            p_recluster=p,
+            recluster_share=recl,
+            recluster_share_se=se,
+            recluster_clusters=float(np.mean(counts)),
+            evaluated=len(points),
+            expected_retrain_share=(1 - p) * direct + p * recl,
+            expected_compute_share=((1 - p) * direct_work + p * float(np.mean(works))) / full,
+        )
+
+
+def evaluation_points(sample: list[str], seed: int, evaluations: int) -> list[str]:
+    """Which sample deletions to replay: all, or a seeded, deletion-stable subset."""
+    if len(sample) <= evaluations:
+        return sorted(sample)
+    return sorted(sample, key=lambda i: (rank(seed, "cost-eval", i), i))[:evaluations]
+
+
+def retrain_cost(
+    ids: list[str],
+    features: dict[str, np.ndarray],
+    seed: int,
+    sample_size: int,
+    distance_threshold: float | None,
+    n_clusters: int | None,
+    max_share: float | None,
+    part: Partition,
+    evaluations: int = DEFAULT_EVALUATIONS,
+    progress: Callable[[int], None] | None = None,
+    steps: Callable[[int], float] = float,
+) -> RetrainCost:
+    """The expected retrained share of a random single deletion from ``part``."""
+    replay = Replay(ids, features, seed, sample_size)
+    rule = Rule(distance_threshold, n_clusters, max_share)
+    return replay.cost(rule, part, evaluations, progress, steps)
