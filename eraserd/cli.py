@@ -364,7 +364,8 @@ def thresholds(cfg, as_json: bool, points: int, caps, evaluations: int) -> None:
         cut = f"{t['threshold']:.4g}" if t["threshold"] is not None else f"n={t['n_clusters']}"
         lines.append(
             f"{cut:>10} {_share(t['max_cluster_share']):>6} {t['clusters']:>8} "
-            f"{t['largest_share']:>8.1%} {t['expected_retrain_share']:>11.1%} "
+            f"{t['largest_share']:>7.1%}{'*' if t['over_cap'] else ' '} "
+            f"{t['expected_retrain_share']:>11.1%} "
             f"{t['expected_compute_share']:>8.1%} "
             f"{t['p_recluster']:>8.1%} {t['recluster_share']:>6.0%}"
             + ("  <- configured" if t["configured"] else "")
@@ -374,6 +375,11 @@ def thresholds(cfg, as_json: bool, points: int, caps, evaluations: int) -> None:
         "work/del: its retrain work over one prompt's on all data; recl: share a recluster "
         "retrains (after deleting a clustering-sample point, P(recl) of deletions)"
     )
+    if any(t["over_cap"] for t in table):
+        lines.append(
+            "*: over the cap. Clusters are split on the clustering sample and one with a "
+            "single sample point is never split, so raise clustering.sample_size for this cap"
+        )
     _emit(as_json, table, "\n".join(lines))
 
 

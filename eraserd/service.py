@@ -341,6 +341,8 @@ class Eraser:
     ) -> list[dict]:
         """Candidate settings (distance threshold x cluster cap) and what each gives on the
         live training data: clusters, largest share, expected retrain share per deletion.
+        ``over_cap`` marks a cap the partition cannot keep: a cluster with one clustering-
+        sample point is never split, so caps much below 2/sample_size do not hold.
 
         Thresholds are picked between the sample's merge heights for log-spaced cluster
         counts; the configured setting is always included. Nothing is built.
@@ -380,6 +382,8 @@ class Eraser:
                         "n_clusters": rule.n_clusters,
                         "max_cluster_share": rule.max_share,
                         "configured": rule == current,
+                        "over_cap": rule.max_share is not None
+                        and cost.largest_share > rule.max_share,
                         **cost.to_dict(),
                     }
                 )

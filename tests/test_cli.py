@@ -136,6 +136,9 @@ def test_thresholds_table(copy):
     for a, b in zip(free, capped):
         assert a["threshold"] == b["threshold"] and b["largest_share"] <= a["largest_share"]
     assert min(t["expected_retrain_share"] for t in capped) < 0.5
+    # The cap holds at every threshold, and the table says so.
+    assert all(t["largest_share"] <= 0.3 and not t["over_cap"] for t in capped)
+    assert all(not t["over_cap"] for t in free)
     assert "<- configured" in out.stdout and "retrain/del" in out.stdout
     bad = run("thresholds", "-c", copy, "--caps", "0.3,big", check=False)
     assert bad.returncode == 2 and "'big' is not a share in (0, 1]" in bad.stderr
