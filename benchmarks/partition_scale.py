@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/partition_scale.py [--n 22000] [--sizes 5000,10000,20000] \\
-        [--settings S1000/t17.4,S1000/t17.4/cap0.03] [--workdir DIR]
+    python benchmarks/partition_scale.py [--n 22000] [--sizes 5000,10000,22000] \\
+        [--settings S1000/t17.4/capnone,S1000/t17.4/cap0.05] [--workdir DIR]
 
 Writes a generated image folder of real-looking digits (``synthetic_digits.py``), ingests it
 into a private store with the configured backbone (EfficientNet-Lite0 at 64 px by default)
@@ -11,8 +11,9 @@ and extracts every feature once. Then, for nested subsets of the training data (
 numbered below each size), it partitions with each setting through the real partition code
 and replays single deletions through it (``eraserd/cost.py``, the numbers ``eraserd info``
 reports), printing clusters, the largest cluster's share, the expected share retrained per
-random deletion, its recluster part, and the ratio to the unbounded setting's cost. Nothing
-is trained: the retrain share depends on the partition only.
+random deletion, its recluster part, the ratio to the first setting's cost, and whether the
+largest cluster held the cap. Nothing is trained: the retrain share depends on the
+partition only.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def main() -> None:
     ap.add_argument("--config", default=str(Path(__file__).parent.parent / "config.example.yaml"))
     ap.add_argument("--n", type=int, default=22000, help="Images in the generated folder.")
     ap.add_argument("--sizes", default="5000,10000,22000", help="Nested subsets (images).")
-    ap.add_argument("--settings", default="S1000/t17.4,S1000/t17.4/cap0.05,S1000/t17.4/cap0.03")
+    ap.add_argument(
+        "--settings", default="S1000/t17.4/capnone,S1000/t17.4/cap0.05,S1000/t17.4/cap0.03"
+    )
     ap.add_argument("--evaluations", type=int, default=64, help="Sample deletions replayed.")
     ap.add_argument("--workdir", default=None, help="Keep the folder and feature cache here.")
     ap.add_argument("--json", default=None)
@@ -90,16 +93,18 @@ def main() -> None:
             rows[-1]["seconds"] = round(time.perf_counter() - t0, 1)
     print(
         f"{'train':>6} {'setting':<24} {'clusters':>8} {'largest':>8} {'retrain/del':>11} "
-        f"{'P(recl)':>8} {'recl':>10} {'vs first':>8}"
+        f"{'P(recl)':>8} {'recl':>10} {'vs first':>8} {'cap':>6}"
     )
     for r in rows:
         first = next(x for x in rows if x["train"] == r["train"])
         ratio = first["expected_retrain_share"] / r["expected_retrain_share"]
         recl = f"{r['recluster_share']:.0%}±{r['recluster_share_se']:.0%}"
+        cap = apply(cfg, r["setting"]).clustering.max_cluster_share
+        held = "" if cap is None else ("held" if r["largest_share"] <= cap else "OVER")
         print(
             f"{r['train']:>6} {r['setting']:<24} {r['clusters']:>8} {r['largest_share']:>8.2%} "
             f"{r['expected_retrain_share']:>11.2%} {r['p_recluster']:>8.1%} {recl:>10} "
-            f"{ratio:>7.1f}x"
+            f"{ratio:>7.1f}x {held:>6}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -154,7 +154,8 @@ def test_forget_retried_after_a_crash_before_purge(make_config, lite0_32):
         result = er.forget(sample_ids=[victim])
         assert result.affected == [] and result.retrained == []
         assert victim not in {r.sample_id for r in er.store.rows()}
-        assert er.verify()["identical"]
+        report = er.verify()
+        assert report["identical"], report
 
 
 @pytest.mark.slow

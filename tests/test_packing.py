@@ -99,6 +99,16 @@ def test_a_finished_cluster_gets_no_more_updates(lite0_32, clusters, solo):
         assert torch.equal(a, b)
 
 
+def test_a_one_image_batch_trains_the_same_every_time(lite0_32):
+    """17 images in batches of 8 end every epoch in a one-image step, whose CPU convolution
+    backward alone is not reproducible; the engine must still be bitwise repeatable."""
+    data = cluster(17, 4)
+    runs = [params(train_pack(lite0_32, [data], TRAIN, PROMPT, 3)[0]) for _ in range(4)]
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert torch.equal(a, b)
+
+
 def test_an_empty_cluster_is_refused(lite0_32, clusters):
     empty = ClusterData(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0), 1)
     with pytest.raises(ValueError, match="empty cluster"):

@@ -37,7 +37,7 @@ from ..config import PromptConfig, RuntimeConfig, TrainingConfig
 from ..model.backbone import Backbone
 from ..model.prompt import apply_prompt, border_mask
 
-ENGINE_VERSION = "packed-1"
+ENGINE_VERSION = "packed-2"
 """Changes whenever the engine's arithmetic changes: part of the train fingerprint."""
 
 
@@ -282,9 +282,16 @@ def train_pack(
                 sl = c.slice(step)
                 rows = c.rows[sl]
                 views = crop_flip(padded, rows, c.dy[sl], c.dx[sl], c.flip[sl], size)
+                one = views.shape[0] == 1
+                if one:
+                    # The CPU convolution backward of a one-image batch is not bitwise
+                    # reproducible run to run; two rows take the reproducible path. The
+                    # copy carries no loss, so its gradient is exactly zero.
+                    views = views.expand(2, -1, -1, -1)
                 prompt, weight, bias = c.params
                 x = apply_prompt(backbone.normalize(views), prompt, mask)
-                loss = F.cross_entropy(F.linear(features(x), weight, bias), labels[rows])
+                logits = F.linear(features(x), weight, bias)
+                loss = F.cross_entropy(logits[:1] if one else logits, labels[rows])
                 loss.backward()
         with torch.no_grad():
             _sgd_step(active, step == 0, tcfg, step)
