@@ -456,6 +456,7 @@ def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> Non
             current_window_s=cfg.daemon.batch_window_s,
             margin_s=cfg.daemon.deadline_margin_s,
             recluster_share=inputs.recluster_share,
+            single_prompt_s=inputs.single_prompt_s,
         )
     except ValueError as exc:
         raise EraserdError(str(exc)) from None
@@ -467,6 +468,7 @@ def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> Non
         "cluster_seconds": list(inputs.times.seconds),
         "retune_basis": inputs.times.basis,
         "recluster_share": inputs.recluster_share,
+        "single_prompt_s": inputs.single_prompt_s,
         **p.to_dict(),
     }
     _emit(as_json, payload, planner.format_plan(p, inputs))

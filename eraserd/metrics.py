@@ -138,7 +138,7 @@ class Forecast:
     batch_parallel_s: float
     """The same on ``devices`` devices."""
     single_prompt_s: float
-    """``T_s``: one prompt over every private sample (the sum of the clusters' times)."""
+    """``T_s``: one prompt over every private sample, at its own epochs."""
     gain: float
     """Device-seconds of a single prompt over LMEraser's on the same deletions."""
 
@@ -158,6 +158,7 @@ def forecast(inputs: planner.PlanInputs, rate: float, window_s: float, devices: 
             full,
             inputs.sample_counts,
             inputs.recluster_share,
+            inputs.single_prompt_s,
         )
 
     one, many = row(1), row(max(1, devices))
@@ -168,7 +169,7 @@ def forecast(inputs: planner.PlanInputs, rate: float, window_s: float, devices: 
         one.p_any,
         one.batch_s,
         many.batch_s,
-        float(sum(seconds)),
+        float(sum(seconds)) if inputs.single_prompt_s is None else inputs.single_prompt_s,
         planner.efficiency_gain(one, inputs),
     )
 

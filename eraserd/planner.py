@@ -166,6 +166,9 @@ class PlanInputs:
     """The version's own change time: what the daemon starts from as its predicted batch time."""
     recluster_share: float = 0.0
     """Share of the data a recluster retrains (0 when the version does not say)."""
+    single_prompt_s: float | None = None
+    """``T_s``: one prompt trained on every training sample, at its own epochs and the
+    measured throughput. ``None``: the sum of the clusters' times (equal epochs)."""
 
 
 def plan_inputs(manifest: Mapping) -> PlanInputs:
@@ -176,6 +179,8 @@ def plan_inputs(manifest: Mapping) -> PlanInputs:
     sizes = tuple(int(c["size"]) for c in clusters)
     measured = [jobs[c["key"]]["seconds"] if c["key"] in jobs else None for c in clusters]
     times = retune_times(sizes, cluster_epochs_of(manifest), measured)
+    t, n = manifest["config"]["training"], sum(sizes)
+    single = n * cluster_epochs(n, int(t["epochs"]), int(t["batch_size"]), t.get("min_steps", 0))
     return PlanInputs(
         int(manifest["version"]),
         sizes,
@@ -183,6 +188,7 @@ def plan_inputs(manifest: Mapping) -> PlanInputs:
         times,
         float(manifest["change"].get("seconds") or 60.0),
         float((manifest.get("cost") or {}).get("recluster_share", 0.0)),
+        single * times.seconds_per_sample_epoch,
     )
 
 
@@ -278,10 +284,13 @@ def plan_row(
     full_retrain_s: float,
     sample_counts: Sequence[int] | None = None,
     recluster_share: float = 0.0,
+    single_prompt_s: float | None = None,
 ) -> PlanRow:
     """One window's cost and latency under the model in the module docstring; feasible if
-    the worst latency is within ``budget_s`` (the deadline less the margin)."""
+    the worst latency is within ``budget_s`` (the deadline less the margin). A single
+    prompt retrains in ``single_prompt_s`` (default: the sum of the clusters' times)."""
     c = np.asarray(cluster_seconds, dtype=np.float64)
+    single = float(c.sum()) if single_prompt_s is None else float(single_prompt_s)
     hit = poisson.cluster_hit_probabilities(sizes, rate, window_s)
     e_k = float(hit.sum())
     any_hit = poisson.p_any(rate, window_s)
@@ -314,7 +323,7 @@ def plan_row(
         batches_per_day=per_day * nonempty,
         retrains_per_day=per_day * e_k,
         device_s_per_day=per_day * work,
-        single_prompt_device_s_per_day=per_day * any_hit * float(c.sum()),
+        single_prompt_device_s_per_day=per_day * any_hit * single,
         batch_s=batch,
         expected_batch_s=batch_if_any,
         busy=busy,
@@ -335,6 +344,7 @@ def plan(
     current_window_s: float | None = None,
     margin_s: float = 0.0,
     recluster_share: float = 0.0,
+    single_prompt_s: float | None = None,
 ) -> Plan:
     """The trade-off table over candidate windows and the cheapest feasible one.
 
@@ -373,7 +383,16 @@ def plan(
         raise ValueError("candidate windows must be positive numbers of seconds")
     rows = tuple(
         plan_row(
-            sizes, cluster_seconds, rate, t, budget, devices, full, sample_counts, recluster_share
+            sizes,
+            cluster_seconds,
+            rate,
+            t,
+            budget,
+            devices,
+            full,
+            sample_counts,
+            recluster_share,
+            single_prompt_s,
         )
         for t in sorted(windows)
     )
@@ -396,7 +415,7 @@ def plan(
 def efficiency_gain(row: PlanRow, inputs: PlanInputs) -> float:
     """Device-seconds a single prompt over all data would spend on the same deletions,
     over LMEraser's (Eq. 24, size-aware and with reclusters). At a zero rate it is the
-    limit ``sum c / (sum (m_i / N) c_i + (S / N) * R * sum c)``."""
+    limit ``T_s / (sum (m_i / N) c_i + (S / N) * R * sum c)``."""
     if row.device_s_per_day > 0:
         return row.single_prompt_device_s_per_day / row.device_s_per_day
     m = np.asarray(inputs.sizes, dtype=np.float64)
@@ -406,7 +425,8 @@ def efficiency_gain(row: PlanRow, inputs: PlanInputs) -> float:
         return float("nan")
     per_deletion = float((m / n * c).sum())
     per_deletion += sum(inputs.sample_counts) / n * inputs.recluster_share * total
-    return total / per_deletion
+    single = total if inputs.single_prompt_s is None else inputs.single_prompt_s
+    return single / per_deletion
 
 
 # ---- output -----------------------------------------------------------------------------

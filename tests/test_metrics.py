@@ -122,7 +122,7 @@ def test_metrics_after_a_published_batch(daemon):
         ).stdout
     )
     row = next(r for r in plan["rows"] if r["window_s"] == 1.0)
-    assert value(m, "eraserd_retune_single_prompt_seconds") == approx(sum(plan["cluster_seconds"]))
+    assert value(m, "eraserd_retune_single_prompt_seconds") == approx(plan["single_prompt_s"])
     assert value(m, "eraserd_poisson_expected_batch_single_device_seconds") == approx(
         row["batch_s"]
     )
@@ -214,7 +214,7 @@ def test_rate_estimate_divides_by_the_history_it_has():
     assert estimate_rate(0, observed_s=0, horizon_s=3600, window_s=60) == 0
 
 
-def manifest_like(sizes, samples, jobs, recluster_share) -> dict:
+def manifest_like(sizes, samples, jobs, recluster_share, min_steps=0) -> dict:
     return {
         "version": 3,
         "clusters": [
@@ -222,7 +222,7 @@ def manifest_like(sizes, samples, jobs, recluster_share) -> dict:
             for i, (m, k) in enumerate(zip(sizes, samples))
         ],
         "change": {"jobs": {f"c{i}": {"seconds": s} for i, s in jobs.items()}, "seconds": 9.0},
-        "config": {"training": {"epochs": 2, "batch_size": 32}},
+        "config": {"training": {"epochs": 2, "batch_size": 32, "min_steps": min_steps}},
         "cost": {"recluster_share": recluster_share},
     }
 
@@ -242,12 +242,14 @@ def test_forecast_agrees_with_the_plan_on_the_same_inputs():
             inputs.sample_counts,
             windows=[window],
             recluster_share=inputs.recluster_share,
+            single_prompt_s=inputs.single_prompt_s,
         )
         (row,) = p.rows
         assert f.batch_parallel_s == pytest.approx(row.batch_s)
         assert f.gain == pytest.approx(row.single_prompt_device_s_per_day / row.device_s_per_day)
         assert f.expected_k == pytest.approx(poisson.expected_affected(sizes, rate, window))
         assert f.p_any == pytest.approx(poisson.p_any(rate, window))
+    # Equal epochs everywhere: one prompt on all data costs what every cluster costs.
     assert f.single_prompt_s == pytest.approx(sum(inputs.times.seconds))
     # Size-aware: the big cluster is hit most and costs most, so the gain is far below the
     # cluster count that an unweighted T_s / T_c would suggest.
@@ -260,6 +262,12 @@ def test_forecast_agrees_with_the_plan_on_the_same_inputs():
     # Reclusters cost something: without them the gain is higher.
     free = planner.plan_inputs(manifest_like(sizes, samples, {0: 140.0, 3: 9.0}, 0.0))
     assert forecast(free, rate, window, 1).gain > f.gain
+    # With min_steps, small clusters train more epochs than one prompt on all data would:
+    # T_s is one prompt at its own epochs, not the sum of the clusters' times.
+    slow = planner.plan_inputs(manifest_like(sizes, samples, {0: 140.0}, 0.3, min_steps=20))
+    assert slow.single_prompt_s == pytest.approx(1000 * 2 * 140.0 / (700 * 2))
+    assert slow.single_prompt_s < 0.8 * sum(slow.times.seconds)
+    assert forecast(slow, rate, window, 1).single_prompt_s == slow.single_prompt_s
 
 
 def test_retune_cost_observes_recent_jobs():
