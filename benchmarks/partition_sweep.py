@@ -5,19 +5,19 @@ Usage::
     python benchmarks/partition_sweep.py [--config config.example.yaml] [--seeds 0,1,2] \\
         [--settings single,default,S100/t17.4/cap0.1,...] [--json out.json]
 
-For each seed, the configured data is ingested once into a private state directory (the
-seed also draws the held-out split), and every setting is built from scratch on it with the
-real engine (in-process executor, deterministic mode). A setting is ``single`` (one prompt
-and head over all data: ``n_clusters: 1``), ``default`` (the config as it is), or slash-
+For each seed, the configured data is ingested once into a private state directory (the seed
+also draws the held-out split), and every setting is built from scratch on it with the real
+engine (in-process executor, deterministic mode). A setting is ``single`` (one prompt and
+head over all data: ``n_clusters: 1``), ``default`` (the config as it is), or slash-
 separated overrides: ``S<sample_size>``, ``t<distance_threshold>``, ``n<n_clusters>``,
-``cap<max_cluster_share>``, ``e<epochs>``, ``b<batch_size>``, ``m<min_steps>``, ``hl<head_lr>``,
-``pl<prompt_lr>``, ``wd<weight_decay>``. Each row prints the mean over seeds of the cluster
-count, the largest cluster's share of the training data, the expected share retrained per
-random single deletion (recluster included: ``eraserd info``'s ``expected_retrain_share``),
-the held-out accuracy as mean ± sd, and the build time, followed by each setting's accuracy
-against the single prompt's on the same seeds. With ``--json``, every finished build is
-written at once and a rerun with the same file skips the (setting, seed) pairs it already
-holds, so a long sweep survives an interruption.
+``cap<max_cluster_share>``, ``mp<min_cluster_points>``, ``e<epochs>``, ``b<batch_size>``,
+``m<min_steps>``, ``hl<head_lr>``, ``pl<prompt_lr>``, ``wd<weight_decay>``. Each row prints
+the mean over seeds of the cluster count, the largest cluster's share of the training data,
+the expected share retrained per random single deletion (recluster included: ``eraserd
+info``'s ``expected_retrain_share``), the held-out accuracy as mean ± sd, and the build
+time, followed by each setting's accuracy against the single prompt's on the same seeds.
+With ``--json``, every finished build is written at once and a rerun with the same file
+skips the (setting, seed) pairs it already holds, so a long sweep survives an interruption.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ KEYS = {
     "t": ("clustering", "distance_threshold", float),
     "n": ("clustering", "n_clusters", int),
     "cap": ("clustering", "max_cluster_share", float),
+    "mp": ("clustering", "min_cluster_points", int),
     "e": ("training", "epochs", int),
     "b": ("training", "batch_size", int),
     "m": ("training", "min_steps", int),

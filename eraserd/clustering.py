@@ -12,7 +12,8 @@ estimated above the cap is replaced by its two children in the dendrogram, until
 The estimate uses the clustering sample alone (its share of the sample, and the share of the
 sample that routes to its prototype), so the partition's structure never depends on
 non-sample points: deleting one still touches only its own cluster, and a fresh build on the
-remaining data reproduces the same structure.
+remaining data reproduces the same structure. Clusters of fewer than ``min_points`` sample
+points are then dissolved into the nearest clusters the cap allows, on the sample alone too.
 """
 
 from __future__ import annotations
@@ -205,6 +206,39 @@ def upper_share(count: int, n: int) -> float:
     return p + CAP_MARGIN_SE * math.sqrt(p * (1 - p) / n)
 
 
+def _absorb(
+    groups: list[tuple[int, ...]],
+    min_points: int,
+    max_share: float | None,
+    x: np.ndarray,
+    sample: Sequence[str],
+    router: Router,
+    sample_index: np.ndarray | None,
+) -> list[list[int]]:
+    """Dissolve every group of fewer than ``min_points`` rows: each of its rows, in rank
+    order, joins the nearest larger group (by the mean of that group's own rows) that stays
+    within the cap with it. A row that fits nowhere stays with its group."""
+    n = x.shape[0]
+    keyed = sorted((cluster_key(sample[r] for r in rows), rows) for rows in groups)
+    big = [list(rows) for _, rows in keyed if len(rows) >= min_points]
+    small = sorted(r for _, rows in keyed if len(rows) < min_points for r in rows)
+    if not big or not small:
+        return [list(rows) for rows in groups]
+    protos = np.stack([x[rows].astype(np.float64).mean(0) for rows in big]).astype(np.float32)
+    index = np.array(small) if sample_index is None else sample_index[small]
+    d = np.stack([router.column(p) for p in protos], axis=1)[index]
+    left: dict[tuple[int, ...], list[int]] = {}
+    home = {r: rows for _, rows in keyed if len(rows) < min_points for r in rows}
+    for r, dist in zip(small, d):
+        for k in np.argsort(dist, kind="stable").tolist():
+            if max_share is None or upper_share(len(big[k]) + 1, n) <= max_share:
+                big[k].append(r)
+                break
+        else:
+            left.setdefault(home[r], []).append(r)
+    return [sorted(rows) for rows in big] + list(left.values())
+
+
 def cluster_sample(
     sample: Sequence[str],
     x: np.ndarray,
@@ -214,14 +248,17 @@ def cluster_sample(
     max_share: float | None,
     router: Router | None = None,
     sample_index: np.ndarray | None = None,
+    min_points: int = 1,
 ) -> SampleClusters:
     """Average-linkage clusters of the sample (rows of ``x``, in rank order), each cluster
-    over the cap replaced by its two children in the dendrogram until none is over.
+    over the cap replaced by its two children in the dendrogram until none is over; then
+    each cluster of fewer than ``min_points`` sample points dissolved into its neighbours.
 
     A cluster is over the cap when more than ``max_share`` of the sample either belongs to
     it or routes to its prototype (the second estimates its share of the non-sample points).
-    A single sample point is never split. ``condensed`` is ``pdist(x)``; ``router`` may
-    supply cached routing, with ``sample_index`` naming the rows of ``x`` in it.
+    A single sample point is never split. A dissolved cluster's points join, one by one, the
+    nearest cluster that the cap allows. ``condensed`` is ``pdist(x)``; ``router`` may supply
+    cached routing, with ``sample_index`` naming the rows of ``x`` in it.
     """
     n = x.shape[0]
     if n == 1:
@@ -234,7 +271,7 @@ def cluster_sample(
         leaves = [_leaves(z, n, node) for node in nodes]
         named = _name(sample, x, leaves)
         if max_share is None:
-            return named
+            break
         routed = np.bincount(router.nearest(named.prototypes, sample_index), minlength=len(nodes))
         over = {
             rows
@@ -242,9 +279,14 @@ def cluster_sample(
             if len(rows) > 1 and upper_share(max(len(rows), int(hits)), n) > max_share
         }
         if not over:
-            return named
+            break
         split = [node for node, rows in zip(nodes, leaves) if tuple(rows) in over]
         nodes = [v for v in nodes if v not in split] + [int(c) for v in split for c in z[v - n, :2]]
+    if min_points <= 1:
+        return named
+    return _name(
+        sample, x, _absorb(list(named.rows), min_points, max_share, x, sample, router, sample_index)
+    )
 
 
 def build_partition(
@@ -255,15 +297,23 @@ def build_partition(
     distance_threshold: float | None,
     n_clusters: int | None,
     max_share: float | None = None,
+    min_points: int = 1,
 ) -> Partition:
     """Cluster the training ids from scratch (Algorithm 1), with clusters bounded by
-    ``max_share`` of the sample's estimate when it is set."""
+    ``max_share`` of the sample's estimate when it is set, and clusters of fewer than
+    ``min_points`` sample points dissolved into their nearest neighbours."""
     if not ids:
         raise ValueError("no training samples to cluster")
     sample = clustering_sample(ids, seed, sample_size)
     x = np.stack([features[i] for i in sample]).astype(np.float32)
     clusters = cluster_sample(
-        sample, x, pdist(x.astype(np.float64)), distance_threshold, n_clusters, max_share
+        sample,
+        x,
+        pdist(x.astype(np.float64)),
+        distance_threshold,
+        n_clusters,
+        max_share,
+        min_points=min_points,
     )
     in_sample = set(sample)
     rest = [i for i in ids if i not in in_sample]

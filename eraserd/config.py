@@ -75,9 +75,17 @@ class ClusteringConfig:
     max_cluster_share: float | None = None
     """Cap on a cluster's share of the data, estimated on the clustering sample: a cluster
     over it is split along its own sub-dendrogram. Smaller caps make deletions cheaper."""
+    min_cluster_points: int = 1
+    """Least clustering-sample points a cluster keeps: a smaller cluster (an outlier, or a
+    sliver the cap cut off) is dissolved, its points joining the nearest cluster the cap
+    allows. Tiny clusters train on a handful of images yet attract held-out inputs."""
 
     def __post_init__(self) -> None:
         _check(self.sample_size >= 1, "sample_size must be at least 1")
+        _check(
+            1 <= self.min_cluster_points <= self.sample_size,
+            f"min_cluster_points must be between 1 and sample_size ({self.sample_size})",
+        )
         if self.max_cluster_share is not None:
             _check(0 < self.max_cluster_share <= 1, "max_cluster_share must be in (0, 1] or null")
             _check(

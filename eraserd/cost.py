@@ -11,7 +11,11 @@ retrained samples over the ``N - 1`` that remain, so
 
 with ``direct`` the mean over non-sample deletions and ``recluster`` the mean over
 sample deletions (every one of them, or a deterministic subset of ``evaluations``).
-Pure numpy/scipy, no I/O.
+
+A forget that keeps the clustering (no sample point deleted) changes ``direct`` but hardly the
+recluster terms, which need the costly replay: ``carried`` recomputes the direct terms on the
+new partition and keeps the replayed ones until the training set has shrunk by
+``REPLAY_DRIFT`` since they were measured. Pure numpy/scipy, no I/O.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ DEFAULT_EVALUATIONS = 64
 
 @dataclass(frozen=True)
 class Rule:
-    """How the sample is cut: the dendrogram threshold or count, and the cap."""
+    """How the sample is cut: the dendrogram threshold or count, the cap, and the least
+    number of sample points a cluster keeps."""
 
     distance_threshold: float | None
     n_clusters: int | None
     max_share: float | None = None
+    min_points: int = 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ class RetrainCost:
     expected_compute_share: float
     """Expected retrain work (image-steps, each cluster at its own epochs) per random deletion,
     over the work of retraining one prompt on all the remaining data."""
+    recluster_compute_share: float = 1.0
+    """Mean retrain work of a recluster, over one prompt's work on the remaining data."""
+    replayed_train: int = 0
+    """Training samples when the recluster terms were replayed (``train`` unless carried)."""
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -104,6 +114,7 @@ class Replay:
             rule.max_share,
             router=self.pool_router,
             sample_index=np.array(keep),
+            min_points=rule.min_points,
         )
         chosen = set(sample)
         rest = [i for i in self.ids if i not in chosen and i != gone]
@@ -137,14 +148,11 @@ class Replay:
         sizes = np.array(part.sizes(), dtype=np.float64)
         largest = float(sizes.max() / n)
         if n <= 1:
-            return RetrainCost(n, n, len(sizes), largest, 1.0, 1.0, 1.0, 0.0, 1.0, 0, 1.0, 1.0)
-        in_sample = np.array([sum(1 for i in m if i in part.sample) for m in part.members])
-        s = int(in_sample.sum())
-        outside = sizes - in_sample
-        direct = float((outside * (sizes - 1)).sum() / ((n - s) * (n - 1))) if n > s else 0.0
-        full = steps(n - 1)
-        work = [steps(int(m) - 1) if m > 1 else 0.0 for m in sizes]
-        direct_work = float((outside * np.array(work)).sum() / (n - s)) if n > s else 0.0
+            return RetrainCost(
+                n, n, len(sizes), largest, 1.0, 1.0, 1.0, 0.0, 1.0, 0, 1.0, 1.0, 1.0, n
+            )
+        d = _direct(part, steps)
+        s, full = d.sample, steps(n - 1)
         points = evaluation_points(self.sample, self.seed, evaluations)
         shares, counts, works = [], [], []
         for x in points:
@@ -158,21 +166,81 @@ class Replay:
         if 1 < len(points) < s:
             fpc = (s - len(points)) / (s - 1)
             se = float(np.std(shares, ddof=1) / math.sqrt(len(points)) * math.sqrt(fpc))
-        p, recl = s / n, float(np.mean(shares))
-        return RetrainCost(
-            train=n,
-            sample=s,
-            clusters=len(sizes),
-            largest_share=largest,
-            direct_share=direct,
-            p_recluster=p,
-            recluster_share=recl,
+        return _combine(
+            d,
+            recluster_share=float(np.mean(shares)),
             recluster_share_se=se,
             recluster_clusters=float(np.mean(counts)),
             evaluated=len(points),
-            expected_retrain_share=(1 - p) * direct + p * recl,
-            expected_compute_share=((1 - p) * direct_work + p * float(np.mean(works))) / full,
+            recluster_compute_share=float(np.mean(works)) / full,
+            replayed_train=n,
         )
+
+
+REPLAY_DRIFT = 0.02
+"""Carried recluster terms are replayed again once the training set has shrunk by this share
+since they were measured."""
+
+
+@dataclass(frozen=True)
+class _Direct:
+    train: int
+    sample: int
+    clusters: int
+    largest_share: float
+    direct_share: float
+    direct_compute_share: float
+
+
+def _direct(part: Partition, steps: Callable[[int], float]) -> _Direct:
+    """The terms of a non-sample deletion, exact on ``part``."""
+    sizes = np.array(part.sizes(), dtype=np.float64)
+    n = int(sizes.sum())
+    in_sample = np.array([sum(1 for i in m if i in part.sample) for m in part.members])
+    s = int(in_sample.sum())
+    outside = sizes - in_sample
+    direct = float((outside * (sizes - 1)).sum() / ((n - s) * (n - 1))) if n > s else 0.0
+    work = np.array([steps(int(m) - 1) if m > 1 else 0.0 for m in sizes])
+    direct_work = float((outside * work).sum() / (n - s)) / steps(n - 1) if n > s else 0.0
+    return _Direct(n, s, len(sizes), float(sizes.max() / n), direct, direct_work)
+
+
+def _combine(d: _Direct, **recluster) -> RetrainCost:
+    p = d.sample / d.train
+    return RetrainCost(
+        train=d.train,
+        sample=d.sample,
+        clusters=d.clusters,
+        largest_share=d.largest_share,
+        direct_share=d.direct_share,
+        p_recluster=p,
+        expected_retrain_share=(1 - p) * d.direct_share + p * recluster["recluster_share"],
+        expected_compute_share=(1 - p) * d.direct_compute_share
+        + p * recluster["recluster_compute_share"],
+        **recluster,
+    )
+
+
+def carried(
+    previous: dict, part: Partition, steps: Callable[[int], float] = float
+) -> RetrainCost | None:
+    """The cost of ``part`` after deletions that kept the clustering: direct terms exact, the
+    recluster terms of ``previous`` (a ``to_dict``) kept. None when they must be replayed:
+    ``previous`` predates them, or the data has shrunk by ``REPLAY_DRIFT`` since."""
+    if "replayed_train" not in previous:
+        return None
+    d = _direct(part, steps)
+    if d.train <= 1 or d.train < (1 - REPLAY_DRIFT) * previous["replayed_train"]:
+        return None
+    keys = (
+        "recluster_share",
+        "recluster_share_se",
+        "recluster_clusters",
+        "evaluated",
+        "recluster_compute_share",
+        "replayed_train",
+    )
+    return _combine(d, **{k: previous[k] for k in keys})
 
 
 def evaluation_points(sample: list[str], seed: int, evaluations: int) -> list[str]:
@@ -180,22 +248,3 @@ def evaluation_points(sample: list[str], seed: int, evaluations: int) -> list[st
     if len(sample) <= evaluations:
         return sorted(sample)
     return sorted(sample, key=lambda i: (rank(seed, "cost-eval", i), i))[:evaluations]
-
-
-def retrain_cost(
-    ids: list[str],
-    features: dict[str, np.ndarray],
-    seed: int,
-    sample_size: int,
-    distance_threshold: float | None,
-    n_clusters: int | None,
-    max_share: float | None,
-    part: Partition,
-    evaluations: int = DEFAULT_EVALUATIONS,
-    progress: Callable[[int], None] | None = None,
-    steps: Callable[[int], float] = float,
-) -> RetrainCost:
-    """The expected retrained share of a random single deletion from ``part``."""
-    replay = Replay(ids, features, seed, sample_size)
-    rule = Rule(distance_threshold, n_clusters, max_share)
-    return replay.cost(rule, part, evaluations, progress, steps)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .builder import Change, cluster_fingerprint, materialize
+from .builder import Change, cluster_fingerprint, config_hash, materialize
 from .clustering import (
     Partition,
     build_partition,
@@ -22,7 +22,7 @@ from .clustering import (
     remove_members,
 )
 from .config import Config
-from .cost import DEFAULT_EVALUATIONS, Replay, Rule
+from .cost import DEFAULT_EVALUATIONS, Replay, Rule, carried
 from .data.sources import open_source
 from .data.store import SampleRow, Store
 from .errors import ConfigError, DataError, RegistryError
@@ -124,7 +124,12 @@ class Eraser:
             c.distance_threshold,
             c.n_clusters,
             c.max_cluster_share,
+            c.min_cluster_points,
         )
+
+    def _rule(self) -> Rule:
+        c = self.cfg.clustering
+        return Rule(c.distance_threshold, c.n_clusters, c.max_cluster_share, c.min_cluster_points)
 
     def _steps(self, m: int) -> float:
         """Image-steps of training a cluster of ``m`` samples."""
@@ -136,14 +141,21 @@ class Eraser:
         train: list[SampleRow],
         feats: dict[str, np.ndarray],
         evaluations: int = DEFAULT_EVALUATIONS,
+        previous: dict | None = None,
     ) -> dict:
-        """What a random single deletion from ``part`` retrains (see ``cost.py``)."""
-        c = self.cfg.clustering
+        """What a random single deletion from ``part`` retrains (see ``cost.py``). With the
+        ``previous`` version's cost and an unchanged clustering, the replayed recluster terms
+        are carried over instead of replayed."""
+        if previous is not None:
+            kept = carried(previous, part, self._steps)
+            if kept is not None:
+                return kept.to_dict()
         points = min(evaluations, len(part.sample))
-        replay = Replay([r.sample_id for r in train], feats, self.cfg.seed, c.sample_size)
-        rule = Rule(c.distance_threshold, c.n_clusters, c.max_cluster_share)
+        replay = Replay(
+            [r.sample_id for r in train], feats, self.cfg.seed, self.cfg.clustering.sample_size
+        )
         with bar(total=points, desc="deletion cost", unit="replay") as progress:
-            cost = replay.cost(rule, part, evaluations, progress.update, self._steps)
+            cost = replay.cost(self._rule(), part, evaluations, progress.update, self._steps)
         return cost.to_dict()
 
     def _materialize(
@@ -235,7 +247,9 @@ class Eraser:
         where = old.cluster_of()
         # A retry after a crash between swap and purge finds the ids already out of the model.
         affected = tuple(sorted({old.keys[where[i]] for i in gone_train if i in where}))
-        cost = self._cost(part, live_train, feats)
+        # Same clustering and same training settings: the replayed recluster terms still hold.
+        same = not recluster and manifest["config_hash"] == config_hash(self.cfg)
+        cost = self._cost(part, live_train, feats, previous=manifest.get("cost") if same else None)
         emit("retuning")
         change = Change("forget", len(rows), recluster, batch, affected, cost)
         manifest = self._materialize(part, feats, live_test, manifest, change)
@@ -365,12 +379,12 @@ class Eraser:
                 thresholds.append(float(heights[-1] * 1.05))
             else:
                 thresholds.append(float((heights[n - 1 - k] + heights[n - k]) / 2))
-        current = Rule(c.distance_threshold, c.n_clusters, c.max_cluster_share)
+        current = self._rule()
         rules = [current] + [
-            Rule(t, None, cap)
+            Rule(t, None, cap, c.min_cluster_points)
             for cap in dict.fromkeys(caps)
             for t in sorted(set(thresholds))
-            if Rule(t, None, cap) != current
+            if Rule(t, None, cap, c.min_cluster_points) != current
         ]
         out = []
         with bar(total=len(rules), desc="settings", unit="setting") as progress:

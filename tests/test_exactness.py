@@ -178,6 +178,14 @@ def test_bounded_clusters_forget_what_the_cost_model_says(make_config, lite0_32)
         part = er.current_partition(manifest)
         train = sorted(part.cluster_of())
         feats = ensure_features(er.store, er.backbone, [r for r in er.store.rows("train")])
+        # The clustering did not change: the recluster terms are carried, not replayed, and
+        # the direct terms are those of a fresh replay on the remaining data.
+        carried = manifest["cost"]
+        assert carried["replayed_train"] == first["cost"]["train"] == carried["train"] + 1
+        assert carried["recluster_share"] == first["cost"]["recluster_share"]
+        fresh = er.current_cost(manifest)
+        for key in ("train", "sample", "clusters", "largest_share", "direct_share"):
+            assert carried[key] == fresh[key], key
         victim = sorted(part.sample)[0]
         replay = Replay(train, feats, cfg.seed, cfg.clustering.sample_size)
         rule = Rule(None, 1, 0.3)
