@@ -21,6 +21,7 @@ from .clustering import (
     merge_heights,
     remove_members,
 )
+from .compare import compare_manifests, differences
 from .config import Config
 from .cost import DEFAULT_EVALUATIONS, Replay, Rule, carried
 from .data.sources import open_source
@@ -292,9 +293,10 @@ class Eraser:
             fresh_cfg = dataclasses.replace(self.cfg, state_dir=tmp)
             with Eraser(fresh_cfg, backbone=self.backbone, executor=self.executor) as fresh:
                 rebuilt = fresh.build()
+                details = differences(current, rebuilt, self.registry, fresh.registry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return compare_manifests(current, rebuilt)
+        return compare_manifests(current, rebuilt, details)
 
     def check_blobs(self, manifest: dict) -> None:
         for digest in sorted(self.registry.referenced(manifest)):
@@ -412,38 +414,3 @@ def _cluster_counts(n: int, points: int) -> list[int]:
     """Roughly log-spaced cluster counts from 1 to n."""
     counts = sorted({max(1, min(n, round(v))) for v in np.geomspace(1, n, points)})
     return counts
-
-
-def compare_manifests(current: dict, rebuilt: dict) -> dict:
-    """Per-cluster differences between two versions; ``identical`` is the verdict."""
-    problems: list[str] = []
-    for field in (
-        "backbone",
-        "classes",
-        "train_fingerprint",
-        "cluster_fingerprint",
-        "clustering",
-        "prototypes",
-    ):
-        if current[field] != rebuilt[field]:
-            problems.append(f"{field} differs")
-    cur = {c["key"]: c for c in current["clusters"]}
-    new = {c["key"]: c for c in rebuilt["clusters"]}
-    clusters = {}
-    for key in sorted(set(cur) | set(new)):
-        a, b = cur.get(key), new.get(key)
-        if a is None or b is None:
-            clusters[key] = "only in " + ("rebuild" if a is None else "current")
-            continue
-        diffs = [f for f in ("members", "prompt", "head", "size") if a[f] != b[f]]
-        clusters[key] = "identical" if not diffs else "differs: " + ", ".join(diffs)
-    if [c["key"] for c in current["clusters"]] != [c["key"] for c in rebuilt["clusters"]]:
-        problems.append("cluster order differs")
-    ok = not problems and all(v == "identical" for v in clusters.values())
-    return {
-        "identical": ok,
-        "version": current["version"],
-        "problems": problems,
-        "clusters": clusters,
-        "accuracy": {"current": current["accuracy"], "rebuilt": rebuilt["accuracy"]},
-    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,26 @@ from eraserd.config import Config, config_from_dict
 from eraserd.model.backbone import load_backbone
 
 N_DIGITS = 240
+
+
+@pytest.fixture(autouse=True)
+def _no_orphan_daemons():
+    """Every daemon a test starts is killed when the test ends, pass or fail; one that a
+    module-scoped fixture started before the test is left to that fixture."""
+    util = sys.modules.get("daemon_util")
+    keep = len(util.LIVE) if util else 0
+    yield
+    util = sys.modules.get("daemon_util")
+    if util is not None:
+        util.reap(keep)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_daemon_outlives_the_session():
+    yield
+    util = sys.modules.get("daemon_util")
+    if util is not None:
+        util.reap()
 
 
 def digit_png(image: np.ndarray) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 from conftest import small_raw
+from patience import Patience
 
 from eraserd.config import config_from_dict
 from eraserd.service import Eraser
@@ -41,7 +42,23 @@ def write_daemon_config(root: Path, source: Path, window: float = 1.0, **daemon)
     return path
 
 
+LIVE: list[DaemonProc] = []
+"""Every daemon started, so that none outlives the test that started it (see ``reap``)."""
+
+
+def reap(keep: int = 0) -> None:
+    """SIGKILL every daemon started after the first ``keep`` that is still running."""
+    for d in LIVE[keep:]:
+        d.kill()
+        d.log.close()
+    del LIVE[keep:]
+
+
 class DaemonProc:
+    """A real ``eraserd run``. Waits fail when the daemon dies or stops making progress (see
+    ``patience.py``), not after a fixed time: ``timeout`` is how long it may go without
+    using any CPU."""
+
     def __init__(self, config: Path, crashpoint: str | None = None):
         self.config = config
         cfg = yaml.safe_load(config.read_text())
@@ -58,14 +75,15 @@ class DaemonProc:
             stderr=subprocess.STDOUT,
             env=env,
         )
+        LIVE.append(self)
 
     @property
     def token(self) -> str:
         return (self.state / "api-token").read_text().strip()
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        patience = Patience(self.proc.pid, stall=timeout)
+        while (why := patience.expired()) is None:
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"daemon exited with {self.proc.returncode}: " + self.log_text()[-3000:]
@@ -77,7 +95,7 @@ class DaemonProc:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
-        raise AssertionError("daemon did not become ready: " + self.log_text()[-3000:])
+        raise AssertionError(f"daemon did not become ready ({why}): " + self.log_text()[-3000:])
 
     def log_text(self) -> str:
         return (self.config.parent / "daemon.log").read_text(errors="replace")
@@ -107,8 +125,8 @@ class DaemonProc:
             return exc.code, json.loads(exc.read() or b"{}")
 
     def wait_for(self, predicate, timeout: float = 120.0, what: str = "condition"):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        patience = Patience(self.proc.pid, stall=timeout)
+        while (why := patience.expired()) is None:
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"daemon died while waiting for {what}: " + self.log_text()[-3000:]
@@ -117,20 +135,29 @@ class DaemonProc:
             if value:
                 return value
             time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}: " + self.log_text()[-3000:])
+        raise AssertionError(f"gave up waiting for {what} ({why}): " + self.log_text()[-3000:])
 
     def wait_exit(self, timeout: float = 120.0) -> int:
-        return self.proc.wait(timeout=timeout)
+        patience = Patience(self.proc.pid, stall=timeout)
+        while self.proc.poll() is None:
+            if (why := patience.expired()) is not None:
+                raise AssertionError(f"daemon did not exit ({why}): " + self.log_text()[-3000:])
+            time.sleep(0.2)
+        return self.proc.returncode
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=60)
 
     def stop(self) -> int:
+        """SIGTERM and wait for a clean exit; a daemon that hangs is killed, then reported."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=120)
+            try:
+                self.wait_exit()
+            finally:
+                self.kill()
         self.log.close()
         return self.proc.returncode
 

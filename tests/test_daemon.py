@@ -11,27 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import tree_bytes
 from daemon_util import BIN, DaemonProc, ctl, write_daemon_config
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+from patience import children, run_patiently
 
 
 def verify(config) -> dict:
-    out = subprocess.run(
-        [str(BIN / "eraserd"), "verify", "--config", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = run_patiently([str(BIN / "eraserd"), "verify", "--config", str(config), "--json"])
     return json.loads(out.stdout)
 
 

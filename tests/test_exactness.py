@@ -131,7 +131,10 @@ def test_verify_detects_a_model_that_is_not_a_fresh_build(make_config, lite0_32)
         report = er.verify()
     assert not report["identical"]
     assert report["problems"] == ["train_fingerprint differs"]
-    assert all(v == "differs: prompt, head" for v in report["clusters"].values())
+    for key, verdict in report["clusters"].items():  # each differing tensor is named
+        assert verdict.startswith("differs: prompt (prompt: max |diff| "), verdict
+        assert ", head (bias: max |diff| " in verdict and "; weight: max |diff| " in verdict
+        assert set(report["details"][f"{key}.head"]) == {"bias", "weight"}
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from patience import run_patiently
 from test_exactness import model_view
 
 from eraserd.executor import ExecutorError, RetuneJob
@@ -162,9 +162,7 @@ def test_ray_matches_inline(tmp_path, digits_data, inline_view):
     # Only loopback exists in the namespace, so Ray binds 127.0.0.1 and reaches nothing else.
     cmd = f"ip link set lo up && exec {sys.executable} {script}"
     env = {**os.environ, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = run_patiently(["unshare", "-n", "sh", "-c", cmd], env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     view = json.loads(out.read_text())
     expected = json.loads(json.dumps(inline_view))  # tuples become lists, as in the file
