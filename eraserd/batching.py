@@ -31,3 +31,11 @@ def flush_reason(
 def update_estimate(previous: float, observed: float, weight: float = 0.3) -> float:
     """Exponential moving average of batch durations, for the deadline rule."""
     return observed if previous <= 0 else (1 - weight) * previous + weight * observed
+
+
+def retry_delay(failures: int, base_s: float, cap_s: float) -> float:
+    """Seconds to wait after a batch's ``failures``-th failed attempt in a row: doubling from
+    ``base_s``, at most ``cap_s``."""
+    if failures < 1:
+        return 0.0
+    return min(cap_s, base_s * 2.0 ** min(failures - 1, 62))

@@ -24,6 +24,7 @@ from .executor import Executor, RetuneJob
 from .ids import member_seed, sha256_hex
 from .model.backbone import Backbone
 from .model.fastpath import FASTPATH_VERSION
+from .numerics import numeric_platform
 from .progress import bar
 from .registry import FORMAT, Registry
 from .training.engine import ENGINE_VERSION, ClusterData, predict_batch
@@ -153,10 +154,12 @@ def materialize(
     for k, key, members, mblob, mset, test_hash, old in plans:
         if old is not None:
             prompt_h, head_h = old["prompt"], old["head"]
+            platform = old.get("platform")
         else:
             result = results[key]
             prompt_h = registry.put_tensors({"prompt": result.prompt})
             head_h = registry.put_tensors({"weight": result.weight, "bias": result.bias})
+            platform = numeric_platform(result.device)
             retrained.append(key)
         if (
             old is not None
@@ -180,6 +183,7 @@ def materialize(
                 "test_members": test_hash,
                 "test_n": test_n,
                 "test_correct": correct,
+                "platform": platform,
             }
         )
 

@@ -90,7 +90,17 @@ def compare_manifests(current: dict, rebuilt: dict, details: dict | None = None)
             clusters[key] = "only in " + ("rebuild" if a is None else "current")
             continue
         diffs = [explain(key, f) for f in ("members", "prompt", "head", "size") if a[f] != b[f]]
-        clusters[key] = "identical" if not diffs else "differs: " + ", ".join(diffs)
+        trained = (a.get("platform"), b.get("platform"))
+        if not diffs:
+            clusters[key] = "identical"
+        elif a["members"] == b["members"] and trained[0] != trained[1]:
+            # Same data, same seed, same config: the float results depend on the platform.
+            clusters[key] = (
+                f"built on a different numeric platform ({trained[0] or 'unrecorded'}; "
+                f"rebuilt on {trained[1]}): " + ", ".join(diffs)
+            )
+        else:
+            clusters[key] = "differs: " + ", ".join(diffs)
     if [c["key"] for c in current["clusters"]] != [c["key"] for c in rebuilt["clusters"]]:
         problems.append("cluster order differs")
     ok = not problems and all(v == "identical" for v in clusters.values())

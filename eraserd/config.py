@@ -255,8 +255,12 @@ class DaemonConfig:
     """Deadline of a request that names none (GDPR-style 72 h)."""
     deadline_margin_s: float = 60.0
     """Flush when the earliest deadline minus the predicted batch time is this close."""
-    max_attempts: int = 3
-    """A batch that fails this many times marks its requests failed."""
+    retry_backoff_s: float = 5.0
+    """Wait before retrying a batch whose attempt failed (a crash, a dead worker, a full
+    disk); doubles after each failed attempt."""
+    retry_backoff_max_s: float = 300.0
+    """The longest wait between two attempts. A batch is retried until its requests'
+    deadlines pass; only then, or for an invalid request, does a request fail (closed)."""
     max_body_bytes: int = 8 * 1024 * 1024
     token_file: Path | None = None
     """Bearer token file (0600), created on first start. Default: ``state_dir/api-token``."""
@@ -271,7 +275,11 @@ class DaemonConfig:
         _check(self.max_batch_samples >= 1, "max_batch_samples must be at least 1")
         _check(self.default_deadline_s > 0, "default_deadline_s must be positive")
         _check(self.deadline_margin_s >= 0, "deadline_margin_s must not be negative")
-        _check(self.max_attempts >= 1, "max_attempts must be at least 1")
+        _check(self.retry_backoff_s > 0, "retry_backoff_s must be positive")
+        _check(
+            self.retry_backoff_max_s >= self.retry_backoff_s,
+            "retry_backoff_max_s must be at least retry_backoff_s",
+        )
         _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
         _check(self.rate_horizon_s > 0, "rate_horizon_s must be positive")
 
@@ -373,6 +381,15 @@ def _convert(tp: Any, raw: Any, path: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r}")  # pragma: no cover
 
 
+REMOVED = {
+    "daemon.max_attempts": (
+        "a failed batch is now retried with backoff until its requests' deadlines "
+        "(daemon.retry_backoff_s, daemon.retry_backoff_max_s); delete the line"
+    ),
+}
+"""Keys that older releases accepted, with what replaced them."""
+
+
 def _build(cls: type, raw: Any, path: str) -> Any:
     where = path or "config"
     if raw is None:
@@ -382,6 +399,10 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names, key=str)
+    for name in unknown:
+        key = f"{path}.{name}" if path else str(name)
+        if key in REMOVED:
+            raise ConfigError(f"{key}: removed; {REMOVED[key]}")
     if unknown:
         key = f"{path}.{unknown[0]}" if path else str(unknown[0])
         raise ConfigError(f"{key}: unknown key (allowed: {', '.join(sorted(names))})")

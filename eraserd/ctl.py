@@ -76,8 +76,10 @@ def _describe(r: dict, now: float) -> str:
     line = f"{r['id']}: {r['state']}, {r['samples']} sample(s)"
     if r.get("version") is not None:
         line += f", removed in version {r['version']}"
-    if r.get("reason"):
-        line += f" (last error: {r['reason']}, attempts {r['attempts']})"
+    if r.get("reason") and r["state"] == "failed":
+        line += f" ({r['reason']}; attempts {r['attempts']})"
+    elif r.get("reason"):
+        line += f" (retrying after: {r['reason']}; attempts {r['attempts']})"
     line += f"; submitted {_ago(r['created_at'], now)}"
     if r["state"] not in TERMINAL:
         line += f", deadline in {r['deadline'] - now:.0f}s"

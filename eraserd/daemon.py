@@ -1,8 +1,15 @@
 """``eraserd run``: the only module that wires queue, scheduler, batch runner and serving.
 
 Threads: uvicorn serves the API; an APScheduler job ticks the flush policy; one batch-runner
-thread turns batches into registry versions, one at a time. Every state change is committed
-to the queue before it is acted on, so a restart after any crash resumes where it stopped.
+thread turns batches into registry versions, one at a time and in order. Every state change
+is committed to the queue before it is acted on, so a restart after any crash resumes where it
+stopped.
+
+An acknowledged request is never dropped. A failed attempt (an exception, a dead or
+never-started worker, a full disk, or a crash of the daemon itself) is retried, the same
+batch, after a doubling backoff; no newer batch runs before it, so a batch that already
+published is always finished (purged) first. A request ends unpublished only when it is
+invalid or its deadline passes first: it then fails closed, counted and alerted on.
 """
 
 from __future__ import annotations
@@ -20,15 +27,15 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import __version__
-from .batching import flush_reason, update_estimate
+from .batching import flush_reason, retry_delay, update_estimate
 from .config import Config
 from .data.store import Store
-from .errors import EraserdError, UnknownIdError
+from .errors import DataError, EraserdError, UnknownIdError
 from .faults import crashpoint
 from .fsutil import atomic_write
 from .locking import StateLock
 from .metrics import DaemonMetrics, DaemonState, ModelFacts, QueueView
-from .queue import Queue
+from .queue import BatchState, Queue
 from .service import Eraser
 
 log = logging.getLogger("eraserd.daemon")
@@ -76,8 +83,10 @@ class Daemon:
             self.reader = Store(cfg.state_dir, readonly=True)
             self._reader_lock = threading.Lock()
             self.token = load_or_create_token(cfg.token_path)
+            # Purge what a published version dropped but a crash left in the store, and
+            # versions a crash left unpublished.
+            self.eraser.reconcile()
             current = self.eraser.registry.load()
-            self.eraser.registry.collect(current)  # drop versions a crash left unpublished
             self.predictor = self.eraser.predictor()
             self.predicted_s = float(current["change"].get("seconds") or 60.0)
             self.model = ModelFacts.from_manifest(current)
@@ -90,15 +99,29 @@ class Daemon:
         self._stop = threading.Event()
         self._reason: str | None = None
         self._runner: threading.Thread | None = None
+        self._retry_at: dict[int, float] = {}
+        """Batch id -> clock time of its next attempt, after a failed one."""
+        self._failures: dict[int, int] = {}
+        """Batch id -> failed attempts in a row in this process (the backoff's exponent)."""
         self._scheduler: BackgroundScheduler | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         self.eraser.executor.workers_up()  # start workers now: their liveness is a metric
+        unfinished = self.queue.unfinished_batches()
+        for bid in unfinished:  # a crash loop backs off too: resume after the earlier attempts
+            batch = self.queue.batch(bid) or {}
+            delay = retry_delay(
+                int(batch.get("attempts") or 0) - 1,
+                self.cfg.daemon.retry_backoff_s,
+                self.cfg.daemon.retry_backoff_max_s,
+            )
+            if delay:
+                self._retry_at[bid] = float(batch["updated_at"]) + delay
         self._runner = threading.Thread(target=self._run, name="batch-runner", daemon=True)
         self._runner.start()
-        if self.queue.unfinished_batches():
+        if unfinished:
             self.request_flush("recovery")
         tick = min(1.0, self.cfg.daemon.batch_window_s / 4)
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
@@ -149,63 +172,98 @@ class Daemon:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait()
+            self._wake.wait(self._next_retry_in())
             self._wake.clear()
             if self._stop.is_set():
                 break
-            reason, self._reason = self._reason or "manual", None
+            reason, self._reason = self._reason or "retry", None
             try:
-                for bid in self.queue.unfinished_batches():
-                    if self._stop.is_set():
-                        break
-                    self._run_batch(bid)
-                if self._stop.is_set():
-                    break
-                bid = self.queue.open_batch(reason, self.clock())
-                if bid is not None:
-                    self._run_batch(bid)
-            except Exception:  # keep serving; the queue keeps the work
+                self._drain(reason)
+            except Exception:  # e.g. a full disk while opening a batch: the queue keeps the work
                 log.exception("batch runner error")
 
-    def _run_batch(self, bid: int) -> None:
+    def _next_retry_in(self) -> float | None:
+        """Seconds until the earliest scheduled retry; None when none is scheduled."""
+        if not self._retry_at:
+            return None
+        return max(0.0, min(self._retry_at.values()) - self.clock())
+
+    def _drain(self, reason: str) -> None:
+        """Run unfinished batches oldest first, then a new one. Stops at a batch that is
+        waiting for its retry: nothing newer may run before it."""
+        for bid in self.queue.unfinished_batches():
+            if self._stop.is_set() or self.clock() < self._retry_at.get(bid, 0.0):
+                return
+            if not self._attempt(bid):
+                return
+        if self._stop.is_set() or self._retry_at:
+            return
+        bid = self.queue.open_batch(reason, self.clock())
+        if bid is not None:
+            self._attempt(bid)
+
+    def _attempt(self, bid: int) -> bool:
+        """One attempt at a batch. True when it is done (published, or its requests failed
+        closed); False when it will be retried: any error but an invalid batch is retried."""
+        try:
+            return self._run_batch(bid)
+        except Exception as exc:
+            self._retry_later(bid, exc)
+            return False
+
+    def _run_batch(self, bid: int) -> bool:
+        name = f"batch-{bid}"
+        published = self.eraser.published_batch() == name
+        if not published:  # a published batch is always finished, whatever its deadlines
+            expired = self.queue.fail(
+                bid, self._deadline_reason(bid), self.clock(), expired_only=True
+            )
+            if expired:
+                log.error(
+                    "requests failed closed: deadline passed unpublished",
+                    extra={"fields": {"batch": bid, "requests": expired}},
+                )
+                self.metrics.requests_failed("deadline", expired)
+        batch = self.queue.batch(bid)
+        if batch is None or batch["state"] == BatchState.FAILED.value:
+            self._done(bid)
+            return True
+        if batch["state"] == BatchState.RETUNING.value and bid not in self._failures:
+            # The previous attempt ended the process (a crash, a kill): it counts as failed.
+            log.warning(
+                "resuming a batch whose last attempt ended the daemon",
+                extra={"fields": {"batch": bid, "attempts": batch["attempts"]}},
+            )
+            self.metrics.batch_retried()
         samples, subjects = self.queue.batch_items(bid)
         attempts = self.queue.mark_retuning(bid, self.clock())
         fields = {"batch": bid, "samples": len(samples), "subjects": len(subjects)}
-        if attempts > self.cfg.daemon.max_attempts:
-            # Earlier attempts died with the process (e.g. killed for memory): stop retrying.
-            failed = self.queue.mark_failed(
-                bid,
-                "the batch ended the daemon on every attempt",
-                self.cfg.daemon.max_attempts,
-                self.clock(),
-            )
-            log.error("batch abandoned", extra={"fields": {**fields, "failed_requests": failed}})
-            self.metrics.batch_failed("abandoned")
-            return
-        log.info("batch retuning", extra={"fields": fields})
+        log.info("batch retuning", extra={"fields": {**fields, "attempt": attempts}})
         started = time.perf_counter()
         try:
             result = self.eraser.forget(
-                samples, subjects, batch=f"batch-{bid}", lenient=True, events=crashpoint
+                samples, subjects, batch=name, lenient=True, events=crashpoint
             )
-        except Exception as exc:
+        except DataError as exc:  # the batch itself cannot be carried out: fail it closed
             reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-            final = self.queue.mark_failed(bid, reason, self.cfg.daemon.max_attempts, self.clock())
+            failed = self.queue.fail(bid, reason, self.clock())
             log.error(
-                "batch failed",
-                extra={"fields": {**fields, "failed_requests": final, "error": type(exc).__name__}},
+                "batch failed: invalid", extra={"fields": {**fields, "failed_requests": failed}}
             )
-            self.metrics.batch_failed("failed")
-            return
+            self.metrics.requests_failed("invalid", failed)
+            self._done(bid)
+            return True
         seconds = time.perf_counter() - started
         swapped = result.version != self.predictor.version
         if swapped:
             model = ModelFacts.from_manifest(self.eraser.registry.load(result.version))
             self.predictor = self.eraser.predictor()  # atomic swap of the serving snapshot
             self.model = model
+        # Should this fail (a full disk), the retry finds the batch published and finishes it.
         self.queue.mark_published(
             bid, result.version, len(result.affected), len(result.retrained), seconds, self.clock()
         )
+        self._done(bid)
         self.predicted_s = update_estimate(self.predicted_s, seconds)
         self.metrics.batch_published(
             affected=len(result.affected),
@@ -228,6 +286,45 @@ class Daemon:
                 }
             },
         )
+        return True
+
+    def _deadline_reason(self, bid: int) -> str:
+        batch = self.queue.batch(bid) or {}
+        last = batch.get("error") or (
+            "an earlier attempt ended the daemon" if batch.get("attempts") else "not attempted"
+        )
+        return f"deadline passed before the deletion was published (last error: {last})"[:300]
+
+    def _retry_later(self, bid: int, exc: Exception) -> None:
+        """Schedule the next attempt; record this one's error when the disk allows."""
+        failures = self._failures.get(bid, 0) + 1
+        self._failures[bid] = failures
+        delay = retry_delay(
+            failures, self.cfg.daemon.retry_backoff_s, self.cfg.daemon.retry_backoff_max_s
+        )
+        self._retry_at[bid] = self.clock() + delay
+        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        log.error(
+            "batch attempt failed; retrying",
+            extra={
+                "fields": {
+                    "batch": bid,
+                    "error": type(exc).__name__,
+                    "failures": failures,
+                    "retry_in_s": delay,
+                }
+            },
+        )
+        self.metrics.batch_retried()
+        try:
+            crashpoint("record")
+            self.queue.mark_retry(bid, reason, self.clock())
+        except Exception:
+            log.exception("could not record the failed attempt; the retry stays scheduled")
+
+    def _done(self, bid: int) -> None:
+        self._retry_at.pop(bid, None)
+        self._failures.pop(bid, None)
 
     # ---- API operations -------------------------------------------------------------------
 
@@ -259,6 +356,7 @@ class Daemon:
         samples = sorted({s for s in sample_ids if f"sample {s}" not in gone})
         subjects = sorted({s for s in subject_ids if f"subject {s}" not in gone})
         pend_s, pend_subj = self.queue.pending_ids(samples, subjects)
+        crashpoint("submit")
         req, created = self.queue.submit(
             samples,
             subjects,

@@ -41,9 +41,12 @@ from .queue import PENDING, BatchState
 # process-wide, and the daemon owns its process.
 disable_created_metrics()
 
-OUTCOMES = ("published", "failed", "abandoned")
-"""Batch outcomes: published; failed (an attempt raised; its requests are queued again or,
-after ``max_attempts``, failed); abandoned (earlier attempts ended the daemon every time)."""
+OUTCOMES = ("published", "retried", "failed")
+"""Batch attempts: published; retried (the attempt raised or an earlier one ended the daemon;
+the same batch is tried again after a backoff); failed (requests ended unpublished: an invalid
+batch, or deadlines that passed)."""
+FAILURE_CAUSES = ("deadline", "invalid")
+"""Why a request failed (closed): its deadline passed unpublished, or it cannot be carried out."""
 
 LATENCY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, 172800, 259200)
 AFFECTED_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -380,7 +383,16 @@ class DaemonMetrics:
         self.batches = counter("eraserd_batches", "Batch attempts by outcome.", ("outcome",))
         for outcome in OUTCOMES:
             self.batches.labels(outcome)
-        self.misses = counter("eraserd_deadline_misses", "Requests published after deadline.")
+        self.failed = counter(
+            "eraserd_deletion_requests_failed",
+            "Requests that ended unpublished (failed closed), by cause.",
+            ("cause",),
+        )
+        for cause in FAILURE_CAUSES:
+            self.failed.labels(cause)
+        self.misses = counter(
+            "eraserd_deadline_misses", "Requests published after their deadline, or failed at it."
+        )
         self.reclusters = counter("eraserd_reclusters", "Published batches that reclustered.")
         self.swaps = counter("eraserd_registry_swaps", "Serving snapshot swaps.")
         self.latency = histogram(
@@ -405,8 +417,15 @@ class DaemonMetrics:
         self.requests.inc()
         self.samples.inc(samples)
 
-    def batch_failed(self, outcome: str) -> None:
-        self.batches.labels(outcome).inc()
+    def batch_retried(self) -> None:
+        self.batches.labels("retried").inc()
+
+    def requests_failed(self, cause: str, count: int) -> None:
+        """``count`` requests failed closed; a failed batch attempt is counted once."""
+        self.batches.labels("failed").inc()
+        self.failed.labels(cause).inc(count)
+        if cause == "deadline":
+            self.misses.inc(count)
 
     def batch_published(
         self,

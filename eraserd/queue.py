@@ -7,8 +7,12 @@ deleted (``secure_delete``) and the WAL is truncated, leaving counts and keyed h
 Request states::
 
     received -> queued -> batched -> retuning -> published
-                   ^                     |
-                   +------ (retry) ------+-> failed (after max_attempts)
+                             ^           |
+                             +- (retry) -+-> failed (closed: an invalid request, or its
+                                                     deadline passed unpublished)
+
+A failed attempt (a crash, a dead worker, a full disk) keeps the batch and its requests
+together; the daemon tries the same batch again. Attempts never turn into failures.
 """
 
 from __future__ import annotations
@@ -360,8 +364,8 @@ class Queue:
             )
             db.execute(
                 "UPDATE requests SET state = ?, version = ?, updated_at = ?, published_at = ?, "
-                "reason = NULL WHERE batch_id = ?",
-                (RequestState.PUBLISHED.value, version, now, now, bid),
+                "reason = NULL WHERE batch_id = ? AND state != ?",
+                (RequestState.PUBLISHED.value, version, now, now, bid, RequestState.FAILED.value),
             )
             db.execute(
                 "DELETE FROM items WHERE request_id IN "
@@ -370,35 +374,61 @@ class Queue:
             )
         self.scrub()
 
-    def mark_failed(self, bid: int, error: str, max_attempts: int, now: float) -> int:
-        """Record a failed attempt. Each request that has used up ``max_attempts`` fails for
-        good (and its raw ids are erased); the others go back to the queue.
-
-        Returns how many requests failed for good.
-        """
+    def mark_retry(self, bid: int, error: str, now: float) -> None:
+        """Record a failed attempt: the batch keeps its requests and will be tried again."""
         with self._tx() as db:
             db.execute(
                 "UPDATE batches SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-                (BatchState.FAILED.value, error, now, bid),
+                (BatchState.BATCHED.value, error, now, bid),
             )
-            final = db.execute(
+            db.execute(
                 "UPDATE requests SET state = ?, reason = ?, updated_at = ? "
-                "WHERE batch_id = ? AND attempts >= ?",
-                (RequestState.FAILED.value, error, now, bid, max_attempts),
-            ).rowcount
+                "WHERE batch_id = ? AND state IN (?, ?)",
+                (
+                    RequestState.BATCHED.value,
+                    error,
+                    now,
+                    bid,
+                    RequestState.BATCHED.value,
+                    RequestState.RETUNING.value,
+                ),
+            )
+
+    def fail(self, bid: int, reason: str, now: float, expired_only: bool = False) -> int:
+        """Fail requests of a batch that was not published, for good, and erase their raw
+        ids: all of them (an invalid batch), or those whose deadline is before ``now``.
+        A batch left without a pending request fails with them.
+
+        Returns how many requests failed.
+        """
+        live = (RequestState.BATCHED.value, RequestState.RETUNING.value)
+        with self._tx() as db:
+            sql = (
+                "UPDATE requests SET state = ?, reason = ?, updated_at = ? "
+                "WHERE batch_id = ? AND state IN (?, ?)"
+            )
+            args: tuple = (RequestState.FAILED.value, reason, now, bid, *live)
+            if expired_only:
+                sql += " AND deadline < ?"
+                args += (now,)
+            failed = db.execute(sql, args).rowcount
             db.execute(
                 "DELETE FROM items WHERE request_id IN "
                 "(SELECT id FROM requests WHERE batch_id = ? AND state = ?)",
                 (bid, RequestState.FAILED.value),
             )
-            db.execute(
-                "UPDATE requests SET state = ?, reason = ?, batch_id = NULL, updated_at = ? "
-                "WHERE batch_id = ? AND state != ?",
-                (RequestState.QUEUED.value, error, now, bid, RequestState.FAILED.value),
-            )
-        if final:
+            (left,) = db.execute(
+                "SELECT COUNT(*) FROM requests WHERE batch_id = ? AND state IN (?, ?)",
+                (bid, *live),
+            ).fetchone()
+            if not left:
+                db.execute(
+                    "UPDATE batches SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                    (BatchState.FAILED.value, reason, now, bid),
+                )
+        if failed:
             self.scrub()
-        return final
+        return failed
 
     def scrub(self) -> None:
         """Fold the WAL into the database and truncate it, so deleted rows leave no copy."""

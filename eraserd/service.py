@@ -6,6 +6,7 @@ The CLI (and later the daemon) makes one call here per command.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from .model.predictor import Predictor
 from .progress import bar
 from .registry import Registry
 from .training.engine import configure_torch
+
+log = logging.getLogger("eraserd.service")
 
 
 @dataclass(frozen=True)
@@ -219,8 +222,8 @@ class Eraser:
 
         ``batch`` names the daemon batch; a batch whose version is already current is only
         finished (purged), never published twice. ``lenient`` skips ids that are no longer
-        live instead of refusing. ``events`` is called at "retuning", "written" and
-        "swapped" (crash-test hooks).
+        live instead of refusing. ``events`` is called at "retuning", "written", "swapped"
+        and "purging" (fault points of the crash tests, ``faults.py``).
         """
         emit = events or (lambda name: None)
         if lenient:
@@ -229,6 +232,7 @@ class Eraser:
             rows = self.store.resolve(sample_ids, subject_ids)  # unknown ids: raises
         manifest = self.registry.load()
         if batch is not None and manifest["change"].get("batch") == batch:
+            emit("purging")
             return self._finish(manifest, rows, subject_ids)  # published before a crash
         if not rows:
             return ForgetResult(manifest["version"], 0, [], [], False)
@@ -258,6 +262,7 @@ class Eraser:
         emit("written")
         self.registry.swap(manifest["version"], sha)
         emit("swapped")
+        emit("purging")
         return self._finish(manifest, rows, subject_ids)
 
     def _finish(self, manifest: dict, rows: list[SampleRow], subject_ids) -> ForgetResult:
@@ -272,6 +277,33 @@ class Eraser:
             change["retrained"],
             change["reclustered"],
         )
+
+    def published_batch(self) -> str | None:
+        """The daemon batch that produced the current version (None for a build or a CLI
+        forget): a batch named here is published and only needs finishing."""
+        return self.registry.load()["change"].get("batch")
+
+    def reconcile(self) -> int:
+        """Purge training samples that the current version dropped but the store still holds
+        (a forget that published and then never finished), and superseded versions.
+
+        Returns how many samples were purged. Idempotent.
+        """
+        manifest = self.registry.load()
+        members: set[str] = set()
+        for c in manifest["clusters"]:
+            members.update(
+                self.registry.get_json(c["members"], f"cluster {c['key']} members")["members"]
+            )
+        dropped = [r for r in self.store.rows("train") if r.key not in members]
+        if dropped:
+            log.warning(
+                "purging samples the current version dropped",
+                extra={"fields": {"samples": len(dropped), "version": manifest["version"]}},
+            )
+            self.store.purge(dropped)
+        self.registry.collect(manifest)
+        return len(dropped)
 
     # ---- verify ---------------------------------------------------------------------------
 

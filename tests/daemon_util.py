@@ -59,15 +59,17 @@ class DaemonProc:
     ``patience.py``), not after a fixed time: ``timeout`` is how long it may go without
     using any CPU."""
 
-    def __init__(self, config: Path, crashpoint: str | None = None):
+    def __init__(self, config: Path, crashpoint: str | None = None, **faults: str):
+        """``crashpoint``: SIGKILL at that point; ``faults``: more ``eraserd.faults``
+        variables, e.g. ``ERASERD_FAULT="purging"``."""
         self.config = config
         cfg = yaml.safe_load(config.read_text())
         self.url = f"http://127.0.0.1:{cfg['daemon']['port']}"
         self.state = Path(cfg["state_dir"])
-        env = dict(os.environ)
-        env.pop("ERASERD_CRASHPOINT", None)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ERASERD_")}
         if crashpoint:
             env["ERASERD_CRASHPOINT"] = crashpoint
+        env.update(faults)
         self.log = open(config.parent / "daemon.log", "ab")
         self.proc = subprocess.Popen(
             [str(BIN / "eraserd"), "run", "--config", str(config)],
@@ -171,14 +173,14 @@ def ctl(*args, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def start_published_daemon(root: Path, source: Path, backbone, built: Path) -> DaemonProc:
-    """A real daemon (one CPU worker process) that has published one batch.
+def prebuilt_config(root: Path, source: Path, backbone, built: Path, **daemon) -> Path:
+    """A daemon config whose state already holds a first version (no build at start).
 
-    Its first version is built in-process on the session's backbone, once per session: the
-    state is kept at ``built`` and copied for later callers. The executor is not part of any
-    fingerprint, and nothing in the state dir names its own path.
+    The version is built in-process on the session's backbone, once: the state is kept at
+    ``built`` and copied for later callers. The executor is not part of any fingerprint, and
+    nothing in the state dir names its own path.
     """
-    config = write_daemon_config(root, source, window=1.0)
+    config = write_daemon_config(root, source, **{"window": 1.0, **daemon})
     raw = yaml.safe_load(config.read_text())
     if not built.exists():
         cfg = config_from_dict({**raw, "executor": {"backend": "inline"}})
@@ -187,7 +189,12 @@ def start_published_daemon(root: Path, source: Path, backbone, built: Path) -> D
         shutil.copytree(cfg.state_dir, built)
     else:
         shutil.copytree(built, raw["state_dir"])
-    d = DaemonProc(config)
+    return config
+
+
+def start_published_daemon(root: Path, source: Path, backbone, built: Path) -> DaemonProc:
+    """A real daemon (one CPU worker process) that has published one batch."""
+    d = DaemonProc(prebuilt_config(root, source, backbone, built))
     try:
         d.wait_ready()
         code, r = d.call(

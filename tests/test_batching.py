@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eraserd.batching import flush_reason, update_estimate
+from eraserd.batching import flush_reason, retry_delay, update_estimate
 from eraserd.config import DaemonConfig
 from eraserd.queue import Pending
 
@@ -100,3 +100,9 @@ def test_client_urls_for_bind_addresses():
     assert base_url("0.0.0.0", 1) == "http://127.0.0.1:1"
     assert base_url("::", 2) == "http://[::1]:2"
     assert base_url("fe80::1", 3) == "http://[fe80::1]:3"
+
+
+def test_retry_delay_doubles_up_to_the_cap():
+    delays = [retry_delay(n, 5.0, 300.0) for n in range(0, 9)]
+    assert delays == [0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
+    assert retry_delay(10_000, 5.0, 300.0) == 300.0  # no overflow after a long outage

@@ -81,3 +81,33 @@ def test_shapes_and_prototypes(tmp_path):
     assert report["problems"] == [
         "prototypes (prototypes: max |diff| 1, 4 of 4 values differ) differs"
     ]
+
+
+def test_a_cluster_trained_on_another_platform_says_so(tmp_path):
+    a, b = Registry(tmp_path / "a"), Registry(tmp_path / "b")
+    w = torch.arange(6.0).reshape(3, 2)
+    va = version(a, torch.zeros(4), w, ["x", "y"])
+    vb = version(b, torch.zeros(4), w + 1e-6, ["x", "y"])
+    va["clusters"][0]["platform"] = "torch 2.14.1; cpu AVX2"
+    vb["clusters"][0]["platform"] = "torch 2.14.1; cpu AVX512"
+    report = compare_manifests(va, vb, differences(va, vb, a, b))
+    assert not report["identical"]
+    verdict = report["clusters"]["c1"]
+    assert verdict.startswith(
+        "built on a different numeric platform (torch 2.14.1; cpu AVX2; "
+        "rebuilt on torch 2.14.1; cpu AVX512): head (weight: max |diff| "
+    ), verdict
+    # Same platform, or different members: a plain difference, not the platform's doing.
+    vb["clusters"][0]["platform"] = va["clusters"][0]["platform"]
+    assert compare_manifests(va, vb)["clusters"]["c1"] == "differs: head"
+
+
+def test_a_real_build_records_its_numeric_platform(make_config, lite0_32):
+    from eraserd.numerics import numeric_platform
+    from eraserd.service import Eraser
+
+    cfg = make_config("p", clustering={"n_clusters": 2}, training={"epochs": 1, "warmup_epochs": 0})
+    with Eraser(cfg, backbone=lite0_32) as er:
+        manifest = er.build()
+    assert {c["platform"] for c in manifest["clusters"]} == {numeric_platform("cpu")}
+    assert numeric_platform("cpu").startswith(f"torch {torch.__version__}; cpu ")

@@ -76,6 +76,11 @@ def test_example_config_loads_and_resolves_state_dir():
         ({"executor": {"pack_clusters": 0}}, "executor.pack_clusters: must be null or at least"),
         ({"executor": {"pack_images": "x"}}, "executor.pack_images: expected an integer"),
         ({"daemon": {"rate_horizon_s": 0}}, "daemon.rate_horizon_s: must be positive"),
+        ({"daemon": {"max_attempts": 3}}, "daemon.max_attempts: removed; a failed batch is"),
+        (
+            {"daemon": {"retry_backoff_s": 10, "retry_backoff_max_s": 5}},
+            "daemon.retry_backoff_max_s: must be at least retry_backoff_s",
+        ),
     ],
 )
 def test_errors_start_with_key_path(raw, prefix):

@@ -162,6 +162,37 @@ def test_forget_retried_after_a_crash_before_purge(make_config, lite0_32):
 
 
 @pytest.mark.slow
+def test_reconcile_purges_what_the_current_version_dropped(make_config, lite0_32):
+    """A forget that published and never purged (an older daemon gave such a batch up)
+    leaves samples in the store that no cluster holds; the daemon's start purges them."""
+    cfg = make_config("r")
+    with Eraser(cfg, backbone=lite0_32) as er:
+        er.build()
+        rows = [r for r in er.samples() if r["split"] == "train"]
+        victims = sorted({rows[0]["sample_id"], rows[-1]["sample_id"]})
+        assert er.reconcile() == 0  # nothing to do on a consistent state
+
+        def crash(*args, **kwargs):
+            raise KeyboardInterrupt("simulated crash")
+
+        er.store.purge = crash
+        with pytest.raises(KeyboardInterrupt):
+            er.forget(sample_ids=victims)
+    with Eraser(cfg, backbone=lite0_32) as er:
+        keys = {r.sample_id: r.key for r in er.store.rows()}
+        assert set(victims) <= set(keys)
+        assert len(er.registry.list_versions()) == 2
+        assert er.reconcile() == 2
+        live = {r.sample_id for r in er.store.rows()}
+        assert not set(victims) & live
+        assert er.store.classify(victims) == ([], [], [f"sample {v}" for v in victims])
+        assert not any((er.store.objects / keys[v]).exists() for v in victims)
+        assert er.registry.list_versions() == [2]
+        assert er.reconcile() == 0
+        er.current_partition(er.registry.load())  # consistent again: every member is live
+
+
+@pytest.mark.slow
 def test_bounded_clusters_forget_what_the_cost_model_says(make_config, lite0_32):
     """With a cap: a non-sample deletion retrains only its own cluster, and a sample
     deletion retrains exactly the clusters the cost model's replay predicts; verify holds."""

@@ -64,7 +64,8 @@ def test_metrics_after_a_published_batch(daemon):
     m = samples(text)
     assert value(m, "eraserd_batches_total", outcome="published") == 1
     assert value(m, "eraserd_batches_total", outcome="failed") == 0
-    assert value(m, "eraserd_batches_total", outcome="abandoned") == 0
+    assert value(m, "eraserd_batches_total", outcome="retried") == 0
+    assert value(m, "eraserd_deletion_requests_failed_total", cause="deadline") == 0
     assert value(m, "eraserd_deletion_requests_total") == 1
     assert value(m, "eraserd_deletion_samples_total") == 4  # s0004 and subj020's three
     assert value(m, "eraserd_deletion_latency_seconds_count") == 1

@@ -226,7 +226,7 @@ def test_pending_ids_ignores_failed_requests(q):
     submit(q, ["s-failed"])
     bid = q.open_batch("window", now=110.0)
     q.mark_retuning(bid, now=111.0)
-    assert q.mark_failed(bid, "boom", max_attempts=1, now=112.0) == 1
+    assert q.fail(bid, "boom", now=112.0) == 1
     assert q.pending_ids(["s-failed"], []) == (set(), set())
 
 
@@ -321,44 +321,80 @@ def test_mark_published_records_version_and_erases_raw_ids(q, tmp_path):
     assert q.pending_ids([kept], []) == ({kept}, set())
 
 
-def test_mark_failed_requeues_until_attempts_run_out(q):
+def test_a_failed_attempt_keeps_the_batch_together_for_its_retry(q):
     r1, _ = submit(q, ["s1"])
     r2, _ = submit(q, ["s2"], ["u2"])
     bid = q.open_batch("window", now=110.0)
-    q.mark_retuning(bid, now=111.0)
+    assert q.mark_retuning(bid, now=111.0) == 1
 
-    assert q.mark_failed(bid, "RuntimeError: oom", max_attempts=3, now=112.0) == 0
+    q.mark_retry(bid, "RuntimeError: oom", now=112.0)
     batch = q.batch(bid)
-    assert (batch["state"], batch["error"]) == (BatchState.FAILED.value, "RuntimeError: oom")
+    assert (batch["state"], batch["error"], batch["attempts"]) == (
+        BatchState.BATCHED.value,
+        "RuntimeError: oom",
+        1,
+    )
     for rid in (r1.id, r2.id):
         req = q.get(rid)
-        assert (req.state, req.batch_id, req.reason) == (QUEUED, None, "RuntimeError: oom")
+        assert (req.state, req.batch_id, req.reason) == (BATCHED, bid, "RuntimeError: oom")
         assert (req.attempts, req.updated_at) == (1, 112.0)
-    assert q.pending() == Pending(2, 2, 100.0, 1000.0)
+    assert q.unfinished_batches() == [bid]
+    # A newer request waits for the next batch; the retried one keeps its own members.
+    r3, _ = submit(q, ["s3"], now=113.0)
+    assert q.pending() == Pending(1, 1, 113.0, 1000.0)
+    assert q.batch_items(bid) == (["s1", "s2"], ["u2"])
+    assert q.mark_retuning(bid, now=120.0) == 2
+    assert q.get(r3.id).state == QUEUED
+
+
+def test_attempts_never_fail_a_request(q, tmp_path):
+    r, _ = submit(q, ["s-kept"])
+    bid = q.open_batch("window", now=200.0)
+    for i in range(50):  # crashes, dead workers, a full disk: all retried
+        assert q.mark_retuning(bid, now=201.0 + i) == i + 1
+        q.mark_retry(bid, f"error {i}", now=201.5 + i)
+    req = q.get(r.id)
+    assert (req.state, req.attempts, req.reason) == (BATCHED, 50, "error 49")
+    assert q.counts()["failed"] == 0
+    assert b"s-kept" in db_bytes(tmp_path)  # still needed: the request is still to be done
+
+
+def test_fail_closes_only_the_requests_past_their_deadline(q, tmp_path):
+    late, _ = submit(q, ["s-late"], deadline=150.0)
+    ontime, _ = submit(q, ["s-ontime"], deadline=1000.0)
+    bid = q.open_batch("window", now=110.0)
+    q.mark_retuning(bid, now=111.0)
+    q.mark_retry(bid, "OSError: disk full", now=112.0)
+
+    assert q.fail(bid, "deadline passed", now=149.0, expired_only=True) == 0
+    assert q.fail(bid, "deadline passed", now=200.0, expired_only=True) == 1
+    assert (q.get(late.id).state, q.get(late.id).reason) == (FAILED, "deadline passed")
+    assert q.get(ontime.id).state == BATCHED
+    assert q.unfinished_batches() == [bid]
+    assert q.batch_items(bid) == (["s-ontime"], [])
+    blob = db_bytes(tmp_path)
+    assert b"s-late" not in blob and b"s-ontime" in blob
+
+    # Publishing the batch publishes what is left of it, never the failed request.
+    q.mark_published(bid, version=3, affected=1, retrained=1, seconds=1.0, now=210.0)
+    assert q.get(late.id).state == FAILED and q.get(late.id).published_at is None
+    assert (q.get(ontime.id).state, q.get(ontime.id).version) == (PUBLISHED, 3)
+
+
+def test_fail_closes_the_whole_batch(q, tmp_path):
+    r1, _ = submit(q, ["s1"], deadline=150.0)
+    r2, _ = submit(q, ["s2"], deadline=1000.0)
+    bid = q.open_batch("window", now=110.0)
+    q.mark_retuning(bid, now=111.0)
+    assert q.fail(bid, "DataError: refusing to forget every training sample", now=112.0) == 2
+    assert {q.get(r.id).state for r in (r1, r2)} == {FAILED}
+    batch = q.batch(bid)
+    assert batch["state"] == BatchState.FAILED.value
+    assert batch["error"].startswith("DataError")
     assert q.unfinished_batches() == []
-
-
-def test_mark_failed_is_final_after_max_attempts(q):
-    r1, _ = submit(q, ["s1"])
-    r2, _ = submit(q, ["s2"])
-    results, batches = [], []
-    for attempt in range(3):
-        bid = q.open_batch("window", now=200.0 + attempt)
-        assert bid is not None
-        batches.append(bid)
-        assert sorted(q.batch_items(bid)[0]) == ["s1", "s2"]
-        q.mark_retuning(bid, now=210.0 + attempt)
-        results.append(q.mark_failed(bid, f"error {attempt}", max_attempts=3, now=220.0 + attempt))
-    assert results == [0, 0, 2]
-    assert len(set(batches)) == 3
-    for rid in (r1.id, r2.id):
-        req = q.get(rid)
-        assert (req.state, req.reason, req.attempts) == (FAILED, "error 2", 3)
-        assert req.batch_id == batches[-1]
-        assert req.published_at is None
-    assert q.counts()["failed"] == 2 and q.counts()["queued"] == 0
-    assert q.open_batch("window", now=300.0) is None
-    assert q.pending() == Pending(0, 0, None, None)
+    assert q.counts()["failed"] == 2
+    blob = db_bytes(tmp_path)
+    assert b"s1" not in blob and b"s2" not in blob
 
 
 def test_unfinished_and_last_batch(q):
@@ -375,7 +411,7 @@ def test_unfinished_and_last_batch(q):
     submit(q, ["s4"])
     b4 = q.open_batch("manual", now=140.0)
     q.mark_retuning(b4, now=141.0)
-    q.mark_failed(b4, "boom", max_attempts=5, now=142.0)
+    q.fail(b4, "boom", now=142.0)
 
     assert b1 < b2 < b3 < b4
     assert q.unfinished_batches() == [b1, b2]
@@ -425,20 +461,3 @@ def test_concurrent_submits_through_one_queue(q):
     assert q.counts()["queued"] == 100
     assert q.pending().samples == 100
     assert all(q.get(rid).state == QUEUED for rid in ids)
-
-
-def test_a_new_request_is_not_failed_by_an_older_ones_attempts(q, tmp_path):
-    old, _ = submit(q, ["s-old"])
-    for i in range(2):
-        bid = q.open_batch("window", now=200.0 + i)
-        q.mark_retuning(bid, now=200.5 + i)
-        assert q.mark_failed(bid, "boom", max_attempts=3, now=200.7 + i) == 0
-    new, _ = submit(q, ["s-new"])
-    bid = q.open_batch("window", now=300.0)
-    q.mark_retuning(bid, now=301.0)
-    assert q.mark_failed(bid, "boom", max_attempts=3, now=302.0) == 1
-    assert q.get(old.id).state == RequestState.FAILED.value
-    assert (q.get(new.id).state, q.get(new.id).attempts) == (RequestState.QUEUED.value, 1)
-    # The failed request's raw ids are erased; the queued one keeps its own.
-    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("queue.db"))
-    assert b"s-old" not in blob and b"s-new" in blob

@@ -18,6 +18,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ..config import Config, config_from_dict
+from ..faults import crashpoint
 from .base import (
     ExecutorError,
     JobResult,
@@ -57,6 +58,7 @@ def _worker_main(cfg_plain: dict, device: str, parent: int, inbox, outbox) -> No
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above took effect
         return
+    crashpoint("worker-start")
 
     cfg = config_from_dict(cfg_plain)
     runtime = dataclasses.replace(cfg.runtime, device=device)

@@ -1,0 +1,214 @@
+"""An acknowledged deletion is never dropped: crashes, dead workers and full disks are
+retried; only a deadline that passes unpublished (or an invalid batch) fails a request, closed
+and counted. Real daemons, real SIGKILLs, real SQLite; the full disk is a fault point
+(``eraserd/faults.py``) that raises ENOSPC where the disk would."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from conftest import tree_bytes
+from daemon_util import BIN, DaemonProc, prebuilt_config
+from patience import run_patiently
+from prometheus_client.parser import text_string_to_metric_families
+
+FAST_RETRIES = {"retry_backoff_s": 0.2, "retry_backoff_max_s": 1.0}
+
+
+@pytest.fixture
+def config(tmp_path, tmp_path_factory, digits_data, lite0_32) -> Path:
+    return prebuilt_config(
+        tmp_path,
+        digits_data / "manifest.csv",
+        lite0_32,
+        tmp_path_factory.getbasetemp() / "metrics-built-state",
+        window=3600.0,  # batches start on an explicit flush only
+        **FAST_RETRIES,
+    )
+
+
+def request(d: DaemonProc, rid: str) -> dict:
+    code, r = d.call("GET", f"/v1/deletions/{rid}")
+    assert code == 200, r
+    return r
+
+
+def submit(d: DaemonProc, body: dict) -> str:
+    code, r = d.call("POST", "/v1/deletions", body)
+    assert code == 202, r
+    return r["id"]
+
+
+def flush(d: DaemonProc) -> None:
+    assert d.call("POST", "/v1/flush")[0] == 202
+
+
+def deadline_in(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
+
+
+def metrics(d: DaemonProc) -> dict[tuple, float]:
+    with urllib.request.urlopen(d.url + "/metrics", timeout=60) as r:
+        text = r.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, *sorted(s.labels.items()))] = s.value
+    return out
+
+
+def raw_ids_left(state: Path, ids: list[bytes]) -> list[str]:
+    return [f"{i!r} in {p}" for p, data in tree_bytes(state) for i in ids if i in data]
+
+
+@pytest.mark.slow
+def test_a_published_batch_is_finished_however_often_the_daemon_died(config):
+    """Defect: a batch whose version was already current was abandoned by the attempt limit,
+    its requests marked failed and its samples left in the store."""
+    first = DaemonProc(config, crashpoint="swapped")
+    first.wait_ready()
+    # A deadline that passes while the daemon is down: a published batch still completes.
+    rid = submit(first, {"sample_ids": ["s0010", "s0011"], "deadline": deadline_in(3)})
+    flush(first)
+    assert first.wait_exit() == -9, "the crash point should SIGKILL the daemon after the swap"
+    first.log.close()
+    # Many more restarts than any attempt limit would allow.
+    with sqlite3.connect(first.state / "queue.db") as db:
+        db.execute("UPDATE requests SET attempts = 25")
+        db.execute("UPDATE batches SET attempts = 25")
+    time.sleep(3)
+    second = DaemonProc(config)
+    try:
+        second.wait_ready()
+        done = second.wait_for(
+            lambda: (r := request(second, rid))["state"] not in ("batched", "retuning") and r,
+            what="the published batch to finish",
+        )
+        assert (done["state"], done["version"]) == ("published", 2), done
+        assert raw_ids_left(second.state, [b"s0010", b"s0011"]) == []
+        assert "resuming a batch whose last attempt ended the daemon" in second.log_text()
+    finally:
+        assert second.stop() == 0
+    out = run_patiently([str(BIN / "eraserd"), "verify", "--config", str(config), "--json"])
+    assert json.loads(out.stdout)["identical"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_and_a_worker_that_dies_starting_are_retried(config, tmp_path):
+    """Defects: a failure that could not be recorded left the batch stuck until a new
+    submission; a worker killed while starting failed the request for good."""
+    disk_full, worker_dies = tmp_path / "disk-full", tmp_path / "worker-dies"
+    disk_full.touch()
+    worker_dies.touch()
+    d = DaemonProc(
+        config,
+        ERASERD_FAULT="retuning,record",  # the retune and the record of its failure
+        ERASERD_FAULT_WHILE=str(disk_full),
+        ERASERD_CRASHPOINT="worker-start",
+        ERASERD_CRASHPOINT_WHILE=str(worker_dies),
+    )
+    try:
+        d.wait_ready()
+        rid = submit(d, {"sample_ids": ["s0020"], "subject_ids": ["subj040"]})
+        flush(d)
+        # Retried with no submission, flush or restart, although no failure could be recorded.
+        stuck = d.wait_for(
+            lambda: (r := request(d, rid))["attempts"] >= 3 and r, what="retries on a full disk"
+        )
+        assert stuck["state"] in ("batched", "retuning") and stuck["reason"] is None, stuck
+        disk_full.unlink()  # space returns; the worker still dies as it starts
+        dead = d.wait_for(
+            lambda: "failed to start" in ((r := request(d, rid))["reason"] or "") and r,
+            what="an attempt that meets the dead worker",
+        )
+        assert dead["state"] == "batched", dead
+        worker_dies.unlink()
+        done = d.wait_for(
+            lambda: (r := request(d, rid))["state"] != "batched" and r["state"] != "retuning" and r,
+            what="publication",
+        )
+        assert (done["state"], done["version"]) == ("published", 2), done
+        assert done["attempts"] >= 4  # >= 2 on the full disk, >= 1 on the dead worker, 1 more
+        m = metrics(d)
+        assert m[("eraserd_batches_total", ("outcome", "retried"))] >= 3
+        assert m[("eraserd_batches_total", ("outcome", "failed"))] == 0
+        assert m[("eraserd_deletion_requests_failed_total", ("cause", "deadline"))] == 0
+        log = d.log_text()
+        assert "could not record the failed attempt" in log
+        assert "error=ExecutorError" in log and "error=OSError" in log
+    finally:
+        assert d.stop() == 0
+    assert raw_ids_left(d.state, [b"s0020", b"subj040"]) == []
+
+
+@pytest.mark.slow
+def test_a_purge_on_a_full_disk_is_finished_before_any_newer_batch(config, tmp_path):
+    """Defect: a purge that failed after the swap let the next batch publish on top, leaving
+    the old version and its blobs, trained on the deleted sample, on disk."""
+    disk_full = tmp_path / "disk-full"
+    disk_full.touch()
+    d = DaemonProc(config, ERASERD_FAULT="purging", ERASERD_FAULT_WHILE=str(disk_full))
+    try:
+        d.wait_ready()
+        first = submit(d, {"sample_ids": ["s0040"]})
+        flush(d)
+        d.wait_for(
+            lambda: "No space left" in (request(d, first)["reason"] or ""),
+            what="the purge to hit the full disk",
+        )
+        assert (d.state / "registry/versions/000002.json").exists()  # swapped, not purged
+        second = submit(d, {"sample_ids": ["s0041"]})
+        flush(d)
+        d.wait_for(lambda: request(d, first)["attempts"] >= 3, what="more purge attempts")
+        assert request(d, second)["state"] == "queued"
+        assert not (d.state / "registry/versions/000003.json").exists()
+        disk_full.unlink()
+        for rid, version in ((first, 2), (second, 3)):
+            done = d.wait_for(
+                lambda rid=rid: (r := request(d, rid))["state"] == "published" and r,
+                what=f"request {rid}",
+            )
+            assert done["version"] == version, done
+        assert sorted(p.name for p in (d.state / "registry/versions").iterdir()) == ["000003.json"]
+    finally:
+        assert d.stop() == 0
+    assert raw_ids_left(d.state, [b"s0040", b"s0041"]) == []
+
+
+@pytest.mark.slow
+def test_a_deadline_that_passes_unpublished_fails_closed_with_an_alert(config):
+    """A batch that ends the daemon on every attempt is retried across restarts until the
+    deadline; then it fails closed, without another attempt, and the metrics say so."""
+    first = DaemonProc(config, crashpoint="retuning")
+    first.wait_ready()
+    doomed = submit(first, {"sample_ids": ["s0050"], "deadline": deadline_in(4)})
+    flush(first)
+    assert first.wait_exit() == -9
+    first.log.close()
+    time.sleep(4)
+    second = DaemonProc(config, crashpoint="retuning")  # would die again if it attempted
+    try:
+        second.wait_ready()
+        failed = second.wait_for(
+            lambda: (r := request(second, doomed))["state"] == "failed" and r,
+            what="the request to fail closed",
+        )
+        assert failed["reason"].startswith("deadline passed before the deletion was published")
+        assert failed["version"] is None and failed["published_at"] is None
+        assert second.call("GET", "/v1/status")[1]["version"] == 1
+        m = metrics(second)
+        assert m[("eraserd_deletion_requests_failed_total", ("cause", "deadline"))] == 1
+        assert m[("eraserd_deadline_misses_total",)] == 1
+        assert m[("eraserd_batches_total", ("outcome", "failed"))] == 1
+        assert m[("eraserd_batches_total", ("outcome", "published"))] == 0
+        assert "requests failed closed" in second.log_text()
+    finally:
+        assert second.stop() == 0
+    # Failed closed: its raw ids are erased from the queue like a published request's.
+    assert b"s0050" not in (second.state / "queue.db").read_bytes()
