@@ -3,43 +3,77 @@
 Every error is JSON: ``{"error": {"status": 422, "message": "...", ...}}``. Only
 ``/healthz``, ``/metrics`` (Prometheus scrapes carry no token) and the OpenAPI schema are
 served without the bearer token.
+
+Hostile input is refused before it costs anything: a request body is read whole, within
+``daemon.max_body_bytes`` (413) and ``daemon.body_timeout_s`` (408), before any route runs;
+an image's size and aspect ratio are checked from its header before a pixel is decoded
+(413); ids must be printable text (422); a full disk is a 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
+import logging
+import sqlite3
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import anyio
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from . import __version__
-from .data.images import ImageDecodeError
+from .data.images import API_FORMATS, ImageDecodeError, ImageTooLarge, check_image_limits
 from .errors import UnknownIdError
+from .idfile import id_problem
 from .queue import IdempotencyConflict
 
 if TYPE_CHECKING:
     from .daemon import Daemon
 
+log = logging.getLogger("eraserd.api")
+
 PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+RETRY_AFTER_S = 30
+"""``Retry-After`` of a 503 (the disk is full): a client retries the same submission."""
+
+MAX_KEY_CHARS = 200
+
+
+def _valid_id(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+Ident = Annotated[str, AfterValidator(_valid_id)]
 
 
 class DeletionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sample_ids: list[str] = Field(default_factory=list, description="Sample ids to forget.")
-    subject_ids: list[str] = Field(
-        default_factory=list, description="Subject ids: every sample of each is forgotten."
+    sample_ids: list[Ident] = Field(
+        default_factory=list,
+        description="Sample ids to forget: printable text, 1-1000 characters each.",
+    )
+    subject_ids: list[Ident] = Field(
+        default_factory=list,
+        description="Subject ids: every sample of each is forgotten. Printable text, "
+        "1-1000 characters each.",
     )
     idempotency_key: str | None = Field(
         default=None,
-        max_length=200,
-        description="Resubmitting with this key returns the same request.",
+        max_length=MAX_KEY_CHARS,
+        description="Resubmitting with this key returns the same request. Printable text, "
+        "1-200 characters; omit it for no idempotency.",
     )
     deadline: datetime | None = Field(
         default=None,
@@ -47,54 +81,167 @@ class DeletionIn(BaseModel):
         "(default: now + daemon.default_deadline_s).",
     )
 
-    @field_validator("sample_ids", "subject_ids")
+    @field_validator("idempotency_key")
     @classmethod
-    def _ids(cls, value: list[str]) -> list[str]:
-        for ident in value:
-            if not ident or len(ident) > 1000 or any(ord(c) < 32 for c in ident):
-                raise ValueError("ids must be non-empty strings without control characters")
+    def _key(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("must not be empty (omit the key to submit without one)")
+        problem = id_problem(value, MAX_KEY_CHARS)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error: ``{"error": {"status": N, "message": "..."}}`` (some add fields)."""
+
+    error: ErrorDetail
+
+
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     return JSONResponse(
-        {"error": {"status": status, "message": message, **extra}}, status_code=status
+        {"error": {"status": status, "message": message, **extra}},
+        status_code=status,
+        headers=headers,
     )
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over ``limit`` bytes with 413, streamed or not."""
+def disk_full(exc: BaseException) -> bool:
+    """A full disk: ``ENOSPC``/``EDQUOT``, or SQLite's ``database or disk is full``."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return "disk is full" in str(exc).lower()
+    return False
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+class BodyLimit:
+    """ASGI middleware: the request body is read whole before the app runs.
+
+    Over ``limit`` bytes (declared in Content-Length, or counted as it streams, chunked or
+    not): 413. Not complete within ``timeout`` seconds of the app being called (a client that
+    stalls or trickles): 408. Both answer JSON and close the connection; the app never sees
+    a partial body, so nothing downstream raises or logs a traceback.
+    """
+
+    def __init__(self, app, limit: int, timeout: float):
+        self.app, self.limit, self.timeout = app, limit, timeout
+
+    async def _refuse(self, status: int, message: str, scope, receive, send) -> None:
+        await _error(status, message, headers={"Connection": "close"})(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        too_big = _error(413, f"request body exceeds {self.limit} bytes")
+        too_big = f"request body exceeds {self.limit} bytes (daemon.max_body_bytes)"
+        length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await too_big(scope, receive, send)
+            return await self._refuse(413, too_big, scope, receive, send)
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
+        refusal: tuple[int, str] | None = None
         try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await too_big(scope, receive, send)
+            with anyio.fail_after(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # http.disconnect: the client left, nobody to answer
+                    chunk = message.get("body", b"")
+                    seen += len(chunk)
+                    if seen > self.limit:
+                        refusal = (413, too_big)
+                        break
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            refusal = (
+                408,
+                f"request body not received within {self.timeout:g} s (daemon.body_timeout_s)",
+            )
+        if refusal is not None:
+            return await self._refuse(*refusal, scope, receive, send)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: only http.disconnect is left
+
+        await self.app(scope, replay, send)
 
 
-class _TooLarge(Exception):
-    pass
+_WHY = {
+    400: "Malformed body (JSON, or a multipart upload).",
+    401: "Missing or wrong bearer token.",
+    404: "No such deletion request.",
+    408: "The request body did not arrive within daemon.body_timeout_s; the connection is closed.",
+    409: "The idempotency key came with another body.",
+    413: "Request body over daemon.max_body_bytes.",
+    415: "Not a readable image.",
+    422: "Invalid fields.",
+    500: "Unexpected error (logged by the daemon).",
+    503: "The disk is full: nothing was stored. Retry the same request after Retry-After seconds.",
+}
+
+_EVERY = (408, 413, 500)
+"""What any route can answer: the body middleware's refusals, and an unexpected error."""
+
+
+def _responses(
+    *codes: int, why: dict[int, str] | None = None, ok: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=``: every error code a route can return, with the error model."""
+    out: dict[int | str, dict[str, Any]] = {
+        code: {"description": text} for code, text in (ok or {}).items()
+    }
+    for code in sorted({*codes, *_EVERY}):
+        out[code] = {"model": ErrorOut, "description": (why or {}).get(code, _WHY[code])}
+    if 503 in out:
+        out[503]["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer"},
+            }
+        }
+    return out
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The image's raw bytes as the body (PNG or JPEG; also "
+        + ", ".join(f for f in API_FORMATS if f not in ("PNG", "JPEG"))
+        + "), or a multipart upload with the file in the field `image`. At most "
+        "daemon.max_body_bytes bytes, daemon.max_image_pixels pixels and an aspect ratio of "
+        "daemon.max_image_aspect.",
+        "content": {
+            "image/png": _BINARY,
+            "image/jpeg": _BINARY,
+            "application/octet-stream": _BINARY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
 
 
 def create_app(daemon: Daemon) -> FastAPI:
@@ -103,6 +250,11 @@ def create_app(daemon: Daemon) -> FastAPI:
         version=__version__,
         description="Exact machine unlearning: deletion queue and predictions.",
     )
+    limits = daemon.cfg.daemon
+
+    # Added first, so it runs inside ``auth``: a request without a valid token is refused
+    # before its body is read.
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, timeout=limits.body_timeout_s)
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
@@ -115,22 +267,42 @@ def create_app(daemon: Daemon) -> FastAPI:
                 return _error(401, "invalid bearer token")
         return await call_next(request)
 
-    app.add_middleware(BodyLimit, limit=daemon.cfg.daemon.max_body_bytes)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "malformed JSON body")
         first = errors[0] if errors else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        return _error(422, f"{where}: {first.get('msg', 'invalid')}")
+        where = (
+            ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path")) or "body"
+        )
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        return _error(422, f"{where}: {message}")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         return _error(exc.status_code, str(exc.detail))
 
-    @app.get("/healthz")
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.OperationalError)
+    async def storage_error(request: Request, exc: Exception):
+        if not disk_full(exc):
+            raise exc
+        log.warning(
+            "request refused: the disk is full",
+            extra={"fields": {"path": request.url.path, "error": type(exc).__name__}},
+        )
+        return _error(
+            503,
+            f"the disk is full: nothing was stored; retry the same request in {RETRY_AFTER_S} s",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        return _error(500, "internal error (logged by the daemon)")
+
+    @app.get("/healthz", responses=_responses())
     def healthz() -> dict:
         return {"ok": True, "version": daemon.predictor.version}
 
@@ -139,7 +311,23 @@ def create_app(daemon: Daemon) -> FastAPI:
         body, ctype = daemon.metrics.exposition()
         return Response(body, media_type=ctype)
 
-    @app.post("/v1/deletions", status_code=202)
+    @app.post(
+        "/v1/deletions",
+        status_code=202,
+        responses=_responses(
+            400,
+            401,
+            409,
+            422,
+            503,
+            ok={200: "The idempotency key already made this request: that request."},
+            why={
+                400: "Malformed JSON body.",
+                422: "Invalid fields (ids must be printable text), unknown ids (listed in "
+                "`unknown`; nothing is queued), too many ids, or a past deadline.",
+            },
+        ),
+    )
     def submit(body: DeletionIn):
         deadline = None
         if body.deadline is not None:
@@ -157,22 +345,44 @@ def create_app(daemon: Daemon) -> FastAPI:
             return _error(422, str(exc))
         return JSONResponse(out, status_code=202 if created else 200)
 
-    @app.get("/v1/deletions/{request_id}")
-    def get_request(request_id: str):
+    @app.get(
+        "/v1/deletions/{request_id}",
+        responses=_responses(401, 404, 422, why={422: "A request id over 200 characters."}),
+    )
+    def get_request(request_id: Annotated[str, PathParam(max_length=200)]):
         out = daemon.request(request_id)
         if out is None:
             return _error(404, f"no deletion request {request_id!r}")
         return out
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", responses=_responses(401))
     def status() -> dict:
         return daemon.status()
 
-    @app.post("/v1/flush", status_code=202)
+    @app.post("/v1/flush", status_code=202, responses=_responses(401))
     def flush() -> dict:
         return daemon.flush()
 
-    @app.post("/v1/predict")
+    @app.post(
+        "/v1/predict",
+        responses=_responses(
+            400,
+            401,
+            413,
+            415,
+            422,
+            ok={200: "Label, cluster, serving version and probability."},
+            why={
+                400: "Malformed multipart upload.",
+                413: "Request body over daemon.max_body_bytes, or an image over "
+                "daemon.max_image_pixels pixels or daemon.max_image_aspect (checked from "
+                "its header, before decoding); `limit` names the key.",
+                415: "Not a readable image (" + ", ".join(API_FORMATS) + ").",
+                422: "Empty body, or a multipart upload without the field `image`.",
+            },
+        ),
+        openapi_extra=PREDICT_BODY,
+    )
     async def predict(request: Request):
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
@@ -185,8 +395,18 @@ def create_app(daemon: Daemon) -> FastAPI:
             data = await request.body()
         if not data:
             return _error(422, "empty upload: send image bytes or a multipart 'image' field")
+
+        def checked_predict() -> dict:
+            check_image_limits(data, limits.max_image_pixels, limits.max_image_aspect)
+            return daemon.predict(data)
+
         try:
-            return await run_in_threadpool(daemon.predict, data)
+            return await run_in_threadpool(checked_predict)
+        except ImageTooLarge as exc:
+            key = f"daemon.max_image_{exc.limit}"
+            value = getattr(limits, f"max_image_{exc.limit}")
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            return _error(413, f"{exc} (limit: {key} = {shown})", limit=key)
         except ImageDecodeError as exc:
             return _error(415, f"not a readable image ({exc})")
 

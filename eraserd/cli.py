@@ -256,7 +256,6 @@ def run(cfg, as_json: bool) -> None:
 
     from . import logs
     from .api import create_app
-    from .client import base_url
     from .daemon import Daemon
 
     _Server = _server_class()
@@ -280,11 +279,15 @@ def run(cfg, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
     daemon.start()
-    click.echo(
-        f"eraserd serving version {daemon.predictor.version} on "
-        f"{base_url(cfg.daemon.host, cfg.daemon.port)} (token in {cfg.token_path})",
-        err=True,
-    )
+
+    def _banner(addresses: list[str]) -> None:  # the sockets uvicorn actually bound
+        click.echo(
+            f"eraserd serving version {daemon.predictor.version} on "
+            f"{', '.join(addresses)} (token in {cfg.token_path})",
+            err=True,
+        )
+
+    server.banner = _banner
     try:
         server.run()  # returns on SIGINT/SIGTERM once open requests are answered
     finally:
@@ -298,11 +301,28 @@ def _server_class():
         """uvicorn re-raises SIGTERM after its shutdown, which would skip ``daemon.stop``;
         eraserd installs its own handlers instead."""
 
+        banner = None
+        """Called with the bound addresses once the server listens (the startup banner)."""
+
         @contextlib.contextmanager
         def capture_signals(self):
             yield
 
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if self.banner is not None:
+                self.banner(
+                    [_bound_url(s.getsockname()) for srv in self.servers for s in srv.sockets]
+                )
+
     return Server
+
+
+def _bound_url(sockname) -> str:
+    """``http://HOST:PORT`` of a listening socket; a wildcard bind says so."""
+    host, port = sockname[0], sockname[1]
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return url + (" (every interface)" if host in ("0.0.0.0", "::") else "")
 
 
 class _Caps(click.ParamType):

@@ -261,7 +261,19 @@ class DaemonConfig:
     retry_backoff_max_s: float = 300.0
     """The longest wait between two attempts. A batch is retried until its requests'
     deadlines pass; only then, or for an invalid request, does a request fail (closed)."""
+    allow_remote: bool = False
+    """Allow a ``host`` that is not loopback (``127.0.0.0/8``, ``::1``, ``localhost``). The API
+    speaks plain HTTP: put a TLS proxy in front of a remote bind."""
     max_body_bytes: int = 8 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    """A request body must arrive whole within this many seconds, else 408 and the
+    connection is closed (a slow or stalled client cannot hold a connection open)."""
+    max_image_pixels: int = 4096 * 4096
+    """``/v1/predict`` refuses (413) an image with more pixels, read from its header before
+    any pixel is decoded."""
+    max_image_aspect: float = 16.0
+    """``/v1/predict`` refuses (413) an image whose longer side exceeds this many times its
+    shorter side (a 50000x1 image would be resized to a huge one)."""
     token_file: Path | None = None
     """Bearer token file (0600), created on first start. Default: ``state_dir/api-token``."""
     log_json: bool = False
@@ -280,8 +292,44 @@ class DaemonConfig:
             self.retry_backoff_max_s >= self.retry_backoff_s,
             "retry_backoff_max_s must be at least retry_backoff_s",
         )
+        _check(
+            self.allow_remote or self.is_loopback(self.host),
+            f"host {self.host!r} is not a loopback address (127.0.0.0/8, ::1, localhost); "
+            "to serve other hosts set daemon.allow_remote: true (the API is plain HTTP: put "
+            "TLS in front)",
+        )
         _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
+        _check(
+            0 < self.body_timeout_s and math.isfinite(self.body_timeout_s),
+            "body_timeout_s must be a positive number of seconds",
+        )
+        _check(
+            1 <= self.max_image_pixels <= self.MAX_IMAGE_PIXELS_CAP,
+            f"max_image_pixels must be in [1, {self.MAX_IMAGE_PIXELS_CAP}] (Pillow refuses "
+            "larger images as decompression bombs)",
+        )
+        _check(
+            1 <= self.max_image_aspect and math.isfinite(self.max_image_aspect),
+            "max_image_aspect must be a finite number of at least 1",
+        )
         _check(self.rate_horizon_s > 0, "rate_horizon_s must be positive")
+
+    MAX_IMAGE_PIXELS_CAP: typing.ClassVar[int] = 64 * 1024 * 1024
+    """The largest ``max_image_pixels``: below Pillow's decompression-bomb threshold."""
+
+    @staticmethod
+    def is_loopback(host: str) -> bool:
+        """``localhost``, ``127.0.0.0/8`` or ``::1`` (also IPv4-mapped)."""
+        import ipaddress
+
+        if host.lower().rstrip(".") == "localhost":
+            return True
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(addr, "ipv4_mapped", None)
+        return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 @dataclass(frozen=True)

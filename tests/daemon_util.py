@@ -173,6 +173,11 @@ def ctl(*args, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def built_state(tmp_path_factory) -> Path:
+    """Where the session keeps its prebuilt first version (see ``prebuilt_config``)."""
+    return tmp_path_factory.getbasetemp() / "daemon-built-state"
+
+
 def prebuilt_config(root: Path, source: Path, backbone, built: Path, **daemon) -> Path:
     """A daemon config whose state already holds a first version (no build at start).
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tree_bytes
-from daemon_util import BIN, DaemonProc, ctl, write_daemon_config
+from daemon_util import BIN, DaemonProc, built_state, ctl, prebuilt_config, write_daemon_config
 from patience import children, run_patiently
 
 
@@ -25,6 +25,23 @@ def published(daemon: DaemonProc, rid: str, state: str = "published"):
     code, r = daemon.call("GET", f"/v1/deletions/{rid}")
     assert code == 200
     return r if r["state"] == state else None
+
+
+@pytest.fixture
+def prebuilt(tmp_path, tmp_path_factory, digits_data, lite0_32):
+    """A daemon config whose state holds a first version already. Only the end-to-end test
+    lets the daemon build its own."""
+
+    def make(**daemon) -> Path:
+        return prebuilt_config(
+            tmp_path,
+            digits_data / "manifest.csv",
+            lite0_32,
+            built_state(tmp_path_factory),
+            **daemon,
+        )
+
+    return make
 
 
 @pytest.mark.slow
@@ -88,10 +105,10 @@ def test_end_to_end_with_eraserctl(tmp_path, digits_data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["acked", "retuning", "written", "swapped"])
-def test_crash_recovery_publishes_each_request_once(tmp_path, digits_data, point):
+def test_crash_recovery_publishes_each_request_once(prebuilt, point):
     # A long window: the batch starts only on the explicit flush, so all three requests
     # share one batch and the crash hits it at a known point.
-    config = write_daemon_config(tmp_path, digits_data / "manifest.csv", window=3600.0)
+    config = prebuilt(window=3600.0)
     first = DaemonProc(config, crashpoint=None if point == "acked" else point)
     first.wait_ready()
     ids = []
@@ -139,11 +156,17 @@ def test_crash_recovery_publishes_each_request_once(tmp_path, digits_data, point
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory, digits_data):
+def daemon(tmp_path_factory, digits_data, lite0_32):
     root = tmp_path_factory.mktemp("api")
-    d = DaemonProc(
-        write_daemon_config(root, digits_data / "manifest.csv", window=3600.0, max_body_bytes=4096)
+    config = prebuilt_config(
+        root,
+        digits_data / "manifest.csv",
+        lite0_32,
+        built_state(tmp_path_factory),
+        window=3600.0,
+        max_body_bytes=4096,
     )
+    d = DaemonProc(config)
     d.wait_ready()
     yield d
     d.stop()
@@ -258,16 +281,8 @@ def test_second_instance_is_refused(daemon):
 
 
 @pytest.mark.slow
-def test_size_and_deadline_flush_without_waiting_for_the_window(tmp_path, digits_data):
-    from datetime import datetime, timedelta, timezone
-
-    config = write_daemon_config(
-        tmp_path,
-        digits_data / "manifest.csv",
-        window=3600.0,
-        max_batch_samples=3,
-        deadline_margin_s=30.0,
-    )
+def test_size_and_deadline_flush_without_waiting_for_the_window(prebuilt):
+    config = prebuilt(window=3600.0, max_batch_samples=3, deadline_margin_s=30.0)
     d = DaemonProc(config)
     try:
         d.wait_ready()
@@ -308,14 +323,8 @@ def test_garbage_never_gets_a_5xx(daemon, data, ctype):
 
 
 @pytest.mark.slow
-def test_a_failing_batch_keeps_the_old_version_serving(tmp_path, digits_data):
-    config = write_daemon_config(
-        tmp_path,
-        digits_data / "manifest.csv",
-        window=0.5,
-        retry_backoff_s=0.2,
-        retry_backoff_max_s=1.0,
-    )
+def test_a_failing_batch_keeps_the_old_version_serving(prebuilt, digits_data):
+    config = prebuilt(window=0.5, retry_backoff_s=0.2, retry_backoff_max_s=1.0)
     d = DaemonProc(config)
     try:
         d.wait_ready()

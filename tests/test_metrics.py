@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_util import BIN, DaemonProc, start_published_daemon
+from daemon_util import BIN, DaemonProc, built_state, start_published_daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from eraserd import __version__, planner, poisson
@@ -51,7 +51,7 @@ def daemon(tmp_path_factory, digits_data, lite0_32):
         tmp_path_factory.mktemp("metrics"),
         digits_data / "manifest.csv",
         lite0_32,
-        tmp_path_factory.getbasetemp() / "metrics-built-state",
+        built_state(tmp_path_factory),
     )
     yield d
     d.stop()

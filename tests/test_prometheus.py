@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_util import free_port, start_published_daemon
+from daemon_util import built_state, free_port, start_published_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "eraserd.rules.yml"
@@ -99,7 +99,7 @@ def prom(tmp_path_factory, digits_data, lite0_32):
         root,
         digits_data / "manifest.csv",
         lite0_32,
-        tmp_path_factory.getbasetemp() / "metrics-built-state",
+        built_state(tmp_path_factory),
     )
     p = PrometheusProc(root, daemon.url.removeprefix("http://"))
     try:

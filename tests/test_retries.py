@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tree_bytes
-from daemon_util import BIN, DaemonProc, prebuilt_config
+from daemon_util import BIN, DaemonProc, built_state, prebuilt_config
 from patience import run_patiently
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,7 +27,7 @@ def config(tmp_path, tmp_path_factory, digits_data, lite0_32) -> Path:
         tmp_path,
         digits_data / "manifest.csv",
         lite0_32,
-        tmp_path_factory.getbasetemp() / "metrics-built-state",
+        built_state(tmp_path_factory),
         window=3600.0,  # batches start on an explicit flush only
         **FAST_RETRIES,
     )
