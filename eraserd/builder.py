@@ -195,6 +195,7 @@ def materialize(
         "format": FORMAT,
         "version": registry.next_version(),
         "parent": cur[0] if cur else None,
+        "parent_manifest": cur[1] if cur else None,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": config_hash(cfg),
         "config": cfg.to_dict(),

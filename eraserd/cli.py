@@ -161,6 +161,28 @@ def verify(cfg, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.group()
+def audit() -> None:
+    """Deletion certificates and their hash-chained audit log."""
+
+
+@audit.command("verify")
+@command
+def audit_verify(cfg, as_json: bool) -> None:
+    """Check the audit log's chain and that no certified-deleted data is live (exit 0 iff OK)."""
+    with _eraser(cfg) as er:
+        report = er.audit_verify()
+    head = (
+        f"audit log: {report['entries']} certificate(s), "
+        f"{report['certified_samples']} sample(s) and {report['certified_subjects']} "
+        f"subject(s) certified deleted; version {report['version']}: "
+        + ("OK" if report["ok"] else "FAILED")
+    )
+    _emit(as_json, report, "\n".join([head] + [f"  {p}" for p in report["problems"]]))
+    if not report["ok"]:
+        sys.exit(1)
+
+
 @main.command()
 @command
 def info(cfg, as_json: bool) -> None:

@@ -178,6 +178,12 @@ def status(client: Client, as_json: bool, request_id: str | None) -> None:
                 else ""
             )
         )
+    for r in s.get("retries") or []:
+        lines.append(
+            f"batch {r['batch']}: retrying after {r['attempts']} attempt(s)"
+            + (f" (last error: {r['error']})" if r["error"] else "")
+            + f", next attempt in {r['next_attempt_in_s']:.0f}s"
+        )
     click.echo("\n".join(lines))
 
 

@@ -21,12 +21,13 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import __version__
+from .audit import AUDIT_FILE, AuditLog
 from .batching import flush_reason, retry_delay, update_estimate
 from .config import Config
 from .data.store import Store
@@ -58,6 +59,10 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
 class Daemon:
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
         self.cfg = cfg
@@ -83,6 +88,7 @@ class Daemon:
             self.reader = Store(cfg.state_dir, readonly=True)
             self._reader_lock = threading.Lock()
             self.token = load_or_create_token(cfg.token_path)
+            self.audit = AuditLog(cfg.state_dir / AUDIT_FILE, writer=True)
             # Purge what a published version dropped but a crash left in the store, and
             # versions a crash left unpublished.
             self.eraser.reconcile()
@@ -260,6 +266,7 @@ class Daemon:
             self.predictor = self.eraser.predictor()  # atomic swap of the serving snapshot
             self.model = model
         # Should this fail (a full disk), the retry finds the batch published and finishes it.
+        self._certify(bid, result)
         self.queue.mark_published(
             bid, result.version, len(result.affected), len(result.retrained), seconds, self.clock()
         )
@@ -287,6 +294,37 @@ class Daemon:
             },
         )
         return True
+
+    def _certify(self, bid: int, result) -> None:
+        """Append a deletion certificate for each request of a published batch (before the
+        batch is marked published; a retry does not certify a request twice)."""
+        manifest = self.eraser.registry.load(result.version)
+        pointer = self.eraser.registry.current()
+        change = manifest["change"]
+        mine = change.get("batch") == f"batch-{bid}"  # else the batch changed nothing
+        store = self.eraser.store
+        now = self.clock()
+        for req, samples, subjects in self.queue.request_items(bid):
+            self.audit.append(
+                {
+                    "request": req.id,
+                    "batch": bid,
+                    "samples": sorted(store.tombstone("sample", s) for s in samples),
+                    "subjects": sorted(store.tombstone("subject", s) for s in subjects),
+                    "affected_clusters": list(result.affected),
+                    "parent_version": manifest.get("parent") if mine else None,
+                    "parent_manifest": manifest.get("parent_manifest") if mine else None,
+                    "version": result.version,
+                    "manifest": pointer[1] if pointer else None,
+                    "purged_blobs": change.get("superseded", []) if mine else [],
+                    "submitted_at": _iso(req.created_at),
+                    "published_at": _iso(now),
+                }
+            )
+
+    def certificate(self, rid: str) -> dict | None:
+        """The audit entry certifying a published request, or None."""
+        return self.audit.find(rid)
 
     def _deadline_reason(self, bid: int) -> str:
         batch = self.queue.batch(bid) or {}
@@ -415,8 +453,24 @@ class Daemon:
             "next_window_at": self.window_start + self.cfg.daemon.batch_window_s,
             "predicted_batch_s": round(self.predicted_s, 3),
             "last_batch": self.queue.last_batch(),
+            "retries": self._retries(now),
             "pid": os.getpid(),
         }
+
+    def _retries(self, now: float) -> list[dict]:
+        """Batches waiting for their next attempt after a failed one, oldest first."""
+        out = []
+        for bid, at in sorted(dict(self._retry_at).items()):
+            batch = self.queue.batch(bid) or {}
+            out.append(
+                {
+                    "batch": bid,
+                    "attempts": batch.get("attempts"),
+                    "error": batch.get("error"),
+                    "next_attempt_in_s": round(max(0.0, at - now), 3),
+                }
+            )
+        return out
 
     def metrics_state(self) -> DaemonState:
         """What a ``/metrics`` scrape reads: counts and facts, no batch work, no batch lock."""

@@ -316,6 +316,32 @@ class Queue:
             [i for k, i in rows if k == "subject"],
         )
 
+    def request_items(self, bid: int) -> list[tuple[DeletionRequest, list[str], list[str]]]:
+        """Each pending request of a batch with its own sample and subject ids (read before
+        publication erases them), in request id order."""
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM requests WHERE batch_id = ? AND state IN (?, ?) ORDER BY id",
+                    (bid, RequestState.BATCHED.value, RequestState.RETUNING.value),
+                )
+            ]
+            out = []
+            for rid in ids:
+                rows = self._db.execute(
+                    "SELECT kind, ident FROM items WHERE request_id = ? ORDER BY kind, ident",
+                    (rid,),
+                ).fetchall()
+                out.append(
+                    (
+                        self._get(rid),
+                        [i for k, i in rows if k == "sample"],
+                        [i for k, i in rows if k == "subject"],
+                    )
+                )
+        return out
+
     def batch(self, bid: int) -> dict | None:
         with self._lock:
             cur = self._db.execute("SELECT * FROM batches WHERE id = ?", (bid,))

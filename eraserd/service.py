@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audit import AUDIT_FILE, AuditLog, check_chain
 from .builder import Change, cluster_fingerprint, config_hash, materialize
 from .clustering import (
     Partition,
@@ -257,7 +258,12 @@ class Eraser:
         cost = self._cost(part, live_train, feats, previous=manifest.get("cost") if same else None)
         emit("retuning")
         change = Change("forget", len(rows), recluster, batch, affected, cost)
-        manifest = self._materialize(part, feats, live_test, manifest, change)
+        parent = manifest
+        manifest = self._materialize(part, feats, live_test, parent, change)
+        # What the purge will delete: the blobs only the parent used (named in certificates).
+        manifest["change"]["superseded"] = sorted(
+            self.registry.referenced(parent) - self.registry.referenced(manifest)
+        )
         sha = self.registry.write_version(manifest)
         emit("written")
         self.registry.swap(manifest["version"], sha)
@@ -304,6 +310,72 @@ class Eraser:
             self.store.purge(dropped)
         self.registry.collect(manifest)
         return len(dropped)
+
+    # ---- audit ----------------------------------------------------------------------------
+
+    def audit_verify(self) -> dict:
+        """Check the deletion certificates: the audit log's hash chain; that each certified
+        version is the current one or was superseded; and that no certified sample or
+        subject is live anywhere (store rows, objects, cached features, the current
+        version's member lists) while each has its tombstone."""
+        audit = AuditLog(self.cfg.state_dir / AUDIT_FILE)
+        lines = audit.lines()
+        problems = check_chain(lines)
+        current = self.registry.load()
+        pointer = self.registry.current()
+        samples: dict[str, str] = {}
+        subjects: dict[str, str] = {}
+        for e in audit.entries():
+            c = e.get("certificate") or {}
+            where = f"entry seq {e.get('seq')} (request {c.get('request')})"
+            version = c.get("version")
+            if not isinstance(version, int) or version > current["version"]:
+                problems.append(
+                    f"{where}: certifies version {version}, but the current version is "
+                    f"{current['version']}"
+                )
+            elif version == current["version"] and c.get("manifest") != pointer[1]:
+                problems.append(f"{where}: version {version} is not the manifest CURRENT names")
+            samples.update((d, where) for d in c.get("samples") or [])
+            subjects.update((d, where) for d in c.get("subjects") or [])
+        tombs = self.store.tombstones()
+        for kind, named in (("sample", samples), ("subject", subjects)):
+            for digest, where in sorted(named.items(), key=lambda kv: kv[1]):
+                if (kind, digest) not in tombs:
+                    problems.append(f"{where}: a certified {kind} has no tombstone")
+        rows = self.store.rows()
+        live = {r.key for r in rows}
+        for r in rows:
+            where = samples.get(self.store.tombstone("sample", r.sample_id)) or (
+                r.subject_id is not None
+                and subjects.get(self.store.tombstone("subject", r.subject_id))
+            )
+            if where:
+                problems.append(f"{where}: a certified sample is still in the store")
+        for c in current["clusters"]:
+            members = self.registry.get_json(c["members"], f"cluster {c['key']} members")
+            stray = set(members["members"]) - live
+            if stray:
+                problems.append(
+                    f"cluster {c['key']}: {len(stray)} member(s) of the current version are "
+                    "not live samples"
+                )
+        stray_features = self.store.feature_keys() - live
+        if stray_features:
+            problems.append(f"{len(stray_features)} cached feature(s) of samples no longer live")
+        stray_objects = {
+            p.name for p in self.store.objects.iterdir() if not p.name.startswith(".")
+        } - live
+        if stray_objects:
+            problems.append(f"{len(stray_objects)} object file(s) of samples no longer live")
+        return {
+            "ok": not problems,
+            "entries": len(lines),
+            "certified_samples": len(samples),
+            "certified_subjects": len(subjects),
+            "version": current["version"],
+            "problems": problems,
+        }
 
     # ---- verify ---------------------------------------------------------------------------
 

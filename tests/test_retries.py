@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import tree_bytes
-from daemon_util import BIN, DaemonProc, built_state, prebuilt_config
+from daemon_util import BIN, DaemonProc, built_state, ctl, prebuilt_config
 from patience import run_patiently
 from prometheus_client.parser import text_string_to_metric_families
+
+from eraserd.config import config_from_dict
+from eraserd.service import Eraser
 
 FAST_RETRIES = {"retry_backoff_s": 0.2, "retry_backoff_max_s": 1.0}
 
@@ -98,6 +103,37 @@ def test_a_published_batch_is_finished_however_often_the_daemon_died(config):
     out = run_patiently([str(BIN / "eraserd"), "verify", "--config", str(config), "--json"])
     assert json.loads(out.stdout)["identical"]
 
+    # The deletion certificate, and the audit log that holds it.
+    entry = json.loads((second.state / "audit.jsonl").read_text().splitlines()[0])
+    cert = entry["certificate"]
+    current = (second.state / "registry/CURRENT").read_text().split()
+    assert (cert["request"], cert["version"], cert["parent_version"]) == (rid, 2, 1)
+    assert cert["manifest"] == current[1] and cert["parent_manifest"]
+    blobs = second.state / "registry/blobs"
+    assert cert["purged_blobs"]
+    assert not [b for b in cert["purged_blobs"] if (blobs / b[:2] / f"{b}.bin").exists()]
+    with Eraser(config_from_dict(yaml.safe_load(config.read_text()))) as er:
+        named = [er.store.tombstone("sample", s) for s in ("s0010", "s0011")]
+    assert cert["samples"] == sorted(named)
+    assert audit_verify(config) == (0, [])
+    # Tampering with the entry (hiding a sample) is caught and named.
+    cert["samples"] = cert["samples"][:1]
+    (second.state / "audit.jsonl").write_text(json.dumps(entry) + "\n")
+    code, problems = audit_verify(config)
+    assert code == 1 and problems == [
+        f"entry 1 (seq 1, request {rid}): its content does not match its hash (edited)"
+    ]
+
+
+def audit_verify(config: Path) -> tuple[int, list[str]]:
+    proc = subprocess.run(
+        [str(BIN / "eraserd"), "audit", "verify", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc.returncode, json.loads(proc.stdout)["problems"]
+
 
 @pytest.mark.slow
 def test_a_full_disk_and_a_worker_that_dies_starting_are_retried(config, tmp_path):
@@ -167,6 +203,11 @@ def test_a_purge_on_a_full_disk_is_finished_before_any_newer_batch(config, tmp_p
         flush(d)
         d.wait_for(lambda: request(d, first)["attempts"] >= 3, what="more purge attempts")
         assert request(d, second)["state"] == "queued"
+        retries = d.call("GET", "/v1/status")[1]["retries"]
+        assert [r["batch"] for r in retries] == [request(d, first)["batch_id"]], retries
+        assert retries[0]["error"].startswith("OSError: [Errno 28] No space left"), retries
+        shown = ctl("status", "--config", config).stdout
+        assert f"batch {retries[0]['batch']}: retrying after " in shown, shown
         assert not (d.state / "registry/versions/000003.json").exists()
         disk_full.unlink()
         for rid, version in ((first, 2), (second, 3)):

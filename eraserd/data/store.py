@@ -112,6 +112,18 @@ class Store:
     def _tomb(self, kind: str, ident: str) -> str:
         return private_key(self.secret, f"tombstone-{kind}", ident)
 
+    def tombstone(self, kind: str, ident: str) -> str:
+        """The keyed hash that stands for a forgotten ``sample`` or ``subject`` id (in the
+        tombstones and in deletion certificates)."""
+        return self._tomb(kind, ident)
+
+    def tombstones(self) -> set[tuple[str, str]]:
+        """Every (kind, keyed hash) tombstone."""
+        return {(k, d) for d, k in self._db.execute("SELECT digest, kind FROM tombstones")}
+
+    def feature_keys(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT key FROM features")}
+
     # ---- meta -----------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
