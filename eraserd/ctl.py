@@ -188,6 +188,37 @@ def status(client: Client, as_json: bool, request_id: str | None) -> None:
 
 
 @main.command()
+@click.argument("request_id")
+@_client_options
+def certificate(client: Client, as_json: bool, request_id: str) -> None:
+    """The deletion certificate of a published request (from the audit log)."""
+    e = client.call("GET", f"/v1/deletions/{request_id}/certificate")
+    if as_json:
+        click.echo(json.dumps(e, indent=2))
+        return
+    c = e["certificate"]
+    parent = (
+        f" (replacing version {c['parent_version']}, manifest {c['parent_manifest']})"
+        if c.get("parent_version") is not None
+        else ""
+    )
+    click.echo(
+        "\n".join(
+            [
+                f"request {c['request']}: deleted; certificate {e['seq']} of the audit log "
+                f"(hash {e['hash']})",
+                f"batch {c['batch']} -> version {c['version']}, manifest {c['manifest']}{parent}",
+                f"{len(c['samples'])} sample(s) and {len(c['subjects'])} subject(s), "
+                "named by keyed hash",
+                "affected clusters: " + (", ".join(c["affected_clusters"]) or "none"),
+                f"{len(c['purged_blobs'])} superseded blob(s) purged",
+                f"submitted {c['submitted_at']}, published {c['published_at']}",
+            ]
+        )
+    )
+
+
+@main.command()
 @_client_options
 def flush(client: Client, as_json: bool) -> None:
     """Start a batch now instead of waiting for the window."""

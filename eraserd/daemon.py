@@ -36,8 +36,10 @@ from .faults import crashpoint
 from .fsutil import atomic_write
 from .locking import StateLock
 from .metrics import DaemonMetrics, DaemonState, ModelFacts, QueueView
+from .model.predictor import Predictor
 from .queue import BatchState, Queue
 from .service import Eraser
+from .withdrawn import Withheld
 
 log = logging.getLogger("eraserd.daemon")
 
@@ -93,7 +95,8 @@ class Daemon:
             # versions a crash left unpublished.
             self.eraser.reconcile()
             current = self.eraser.registry.load()
-            self.predictor = self.eraser.predictor()
+            self.withheld = Withheld(cfg.state_dir)
+            self.predictor = self._serving()
             self.predicted_s = float(current["change"].get("seconds") or 60.0)
             self.model = ModelFacts.from_manifest(current)
             self.metrics = DaemonMetrics(cfg, self.metrics_state, __version__, self.model)
@@ -221,9 +224,11 @@ class Daemon:
         name = f"batch-{bid}"
         published = self.eraser.published_batch() == name
         if not published:  # a published batch is always finished, whatever its deadlines
-            expired = self.queue.fail(
-                bid, self._deadline_reason(bid), self.clock(), expired_only=True
-            )
+            now = self.clock()
+            late = [(s, j) for r, s, j in self.queue.request_items(bid) if r.deadline < now]
+            if late:  # fail closed: stop serving what holds their samples, then fail them
+                self._withhold(late, now)
+            expired = self.queue.fail(bid, self._deadline_reason(bid), now, expired_only=True)
             if expired:
                 log.error(
                     "requests failed closed: deadline passed unpublished",
@@ -263,7 +268,7 @@ class Daemon:
         swapped = result.version != self.predictor.version
         if swapped:
             model = ModelFacts.from_manifest(self.eraser.registry.load(result.version))
-            self.predictor = self.eraser.predictor()  # atomic swap of the serving snapshot
+            self.predictor = self._serving()  # atomic swap of the serving snapshot
             self.model = model
         # Should this fail (a full disk), the retry finds the batch published and finishes it.
         self._certify(bid, result)
@@ -321,6 +326,29 @@ class Daemon:
                     "published_at": _iso(now),
                 }
             )
+
+    def _serving(self) -> Predictor:
+        """The current version's serving snapshot, without the clusters that hold withheld
+        samples (``withdrawn.py``); forgets withheld samples deleted since."""
+        if self.withheld.record:
+            back = self.withheld.prune({r.key for r in self.eraser.store.rows()})
+            if back:
+                log.info("withheld samples deleted", extra={"fields": {"samples": back}})
+        pred = self.eraser.predictor()
+        if pred.withdrawn:
+            log.error(
+                "clusters withdrawn from serving: they hold samples whose deletion missed "
+                "its deadline",
+                extra={"fields": {"clusters": len(pred.withdrawn), "version": pred.version}},
+            )
+        return pred
+
+    def _withhold(self, late: list[tuple[list[str], list[str]]], now: float) -> None:
+        samples = [i for ids, _ in late for i in ids]
+        subjects = [i for _, ids in late for i in ids]
+        rows, _, _ = self.eraser.store.classify(samples, subjects)
+        self.withheld.add([r.key for r in rows], "deadline", _iso(now))
+        self.predictor = self._serving()
 
     def certificate(self, rid: str) -> dict | None:
         """The audit entry certifying a published request, or None."""
@@ -487,6 +515,7 @@ class Daemon:
             current_version=cur[0] if cur else None,
             workers=self.eraser.executor.workers_up(),
             predicted_batch_s=self.predicted_s,
+            withdrawn_clusters=len(self.predictor.withdrawn),
         )
 
     def predict(self, data: bytes) -> dict:
@@ -497,4 +526,5 @@ class Daemon:
             "cluster": p.cluster,
             "version": p.version,
             "probability": round(p.probability, 6),
+            "fallback": p.fallback,
         }

@@ -253,6 +253,8 @@ class DaemonState:
     """The version ``CURRENT`` names on disk (the serving one may lag after a failed swap)."""
     workers: dict[str, int]
     predicted_batch_s: float
+    withdrawn_clusters: int = 0
+    """Clusters of the serving version withdrawn from serving (a deletion failed closed)."""
 
 
 GAUGES: dict[str, str] = {
@@ -279,6 +281,8 @@ GAUGES: dict[str, str] = {
     "eraserd_registry_version": "Version being served.",
     "eraserd_registry_current_version": "Version CURRENT names on disk.",
     "eraserd_clusters": "Clusters in the serving version.",
+    "eraserd_clusters_withdrawn": "Clusters withdrawn from serving: they hold samples whose "
+    "deletion missed its deadline.",
     "eraserd_private_samples": "Live private samples in the serving version.",
     "eraserd_workers_up": "Live retune workers.",
     "eraserd_build_info": "Always 1; the build's version and backbone.",
@@ -348,6 +352,7 @@ class StateCollector:
             "eraserd_registry_version": m.version,
             "eraserd_registry_current_version": s.current_version,
             "eraserd_clusters": len(m.sizes),
+            "eraserd_clusters_withdrawn": s.withdrawn_clusters,
         }
         out: dict[str, dict[tuple, float | None]] = {
             k: {(): None if v is None else float(v)} for k, v in one.items()

@@ -37,6 +37,7 @@ from .model.predictor import Predictor
 from .progress import bar
 from .registry import Registry
 from .training.engine import configure_torch
+from .withdrawn import Withheld, withdrawn_clusters
 
 log = logging.getLogger("eraserd.service")
 
@@ -284,6 +285,15 @@ class Eraser:
             change["reclustered"],
         )
 
+    def member_keys(self, manifest: dict) -> dict[str, set[str]]:
+        """Each cluster's members (store keys) in ``manifest``."""
+        return {
+            c["key"]: set(
+                self.registry.get_json(c["members"], f"cluster {c['key']} members")["members"]
+            )
+            for c in manifest["clusters"]
+        }
+
     def published_batch(self) -> str | None:
         """The daemon batch that produced the current version (None for a build or a CLI
         forget): a batch named here is published and only needs finishing."""
@@ -511,7 +521,14 @@ class Eraser:
         return out
 
     def predictor(self) -> Predictor:
-        return Predictor.load(self.registry, self.backbone)
+        """The current version's serving snapshot, without the clusters that hold samples
+        whose deletion failed closed (``withdrawn.py``)."""
+        pred = Predictor.load(self.registry, self.backbone)
+        withheld = Withheld(self.cfg.state_dir)
+        if withheld.record:
+            members = self.member_keys(self.registry.load(pred.version))
+            pred = pred.withdraw(withdrawn_clusters(withheld.keys(), members))
+        return pred
 
 
 def _cluster_counts(n: int, points: int) -> list[int]:

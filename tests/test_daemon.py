@@ -97,6 +97,8 @@ def test_end_to_end_with_eraserctl(tmp_path, digits_data):
         assert d.stop() == 0
     assert "daemon stopped" in d.log_text()
     assert verify(config)["identical"]
+    audit = run_patiently([str(BIN / "eraserd"), "audit", "verify", "--config", str(config)])
+    assert audit.stdout.startswith("audit log: 2 certificate(s), ") and "OK" in audit.stdout
     for needle in (b"s0004", b"subj020", b"s0007"):
         for path, data in tree_bytes(d.state):
             assert needle not in data, f"{needle!r} left in {path}"

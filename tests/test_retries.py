@@ -253,3 +253,51 @@ def test_a_deadline_that_passes_unpublished_fails_closed_with_an_alert(config):
         assert second.stop() == 0
     # Failed closed: its raw ids are erased from the queue like a published request's.
     assert b"s0050" not in (second.state / "queue.db").read_bytes()
+
+
+def predict(d: DaemonProc, image: Path) -> dict:
+    code, p = d.call(
+        "POST", "/v1/predict", data=image.read_bytes(), headers={"Content-Type": "image/png"}
+    )
+    assert code == 200, p
+    return p
+
+
+@pytest.mark.slow
+def test_a_cluster_whose_deletion_missed_its_deadline_is_withdrawn(config, tmp_path, digits_data):
+    """Fail closed: the cluster holding a sample whose deletion missed its deadline stops
+    answering (the nearest served cluster answers instead) until the deletion is done."""
+    with Eraser(config_from_dict(yaml.safe_load(config.read_text()))) as er:
+        row = next(r for r in er.samples() if r["split"] == "train")
+    victim, image = row["sample_id"], digits_data / f"img/{row['sample_id'][1:]}.png"
+    disk_full = tmp_path / "disk-full"
+    disk_full.touch()
+    d = DaemonProc(config, ERASERD_FAULT="retuning", ERASERD_FAULT_WHILE=str(disk_full))
+    try:
+        d.wait_ready()
+        before = predict(d, image)
+        assert (before["cluster"], before["fallback"]) == (row["cluster"], False)
+        rid = submit(d, {"sample_ids": [victim], "deadline": deadline_in(4)})
+        flush(d)
+        d.wait_for(lambda: request(d, rid)["state"] == "failed", what="the deadline to pass")
+        after = predict(d, image)
+        assert after["cluster"] != row["cluster"] and after["fallback"] is True, after
+        assert after["version"] == 1
+        m = metrics(d)
+        assert m[("eraserd_clusters_withdrawn",)] == 1
+        assert m[("eraserd_deletion_requests_failed_total", ("cause", "deadline"))] == 1
+        assert json.loads((d.state / "withheld.json").read_text()).keys()  # keyed, no ids
+        assert victim.encode() not in (d.state / "withheld.json").read_bytes()
+
+        disk_full.unlink()  # the cause is fixed; the deletion is submitted again
+        again = submit(d, {"sample_ids": [victim]})
+        flush(d)
+        done = d.wait_for(
+            lambda: (r := request(d, again))["state"] == "published" and r, what="the retry"
+        )
+        assert done["version"] == 2
+        assert metrics(d)[("eraserd_clusters_withdrawn",)] == 0
+        assert predict(d, image)["fallback"] is False
+        assert json.loads((d.state / "withheld.json").read_text()) == {}
+    finally:
+        assert d.stop() == 0

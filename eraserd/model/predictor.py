@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,12 @@ class Prediction:
     cluster: str
     version: int
     probability: float
+    fallback: bool = False
+    """The nearest cluster is withdrawn (``Predictor.withdraw``): the next nearest answered."""
+
+
+class ClustersUnavailable(Exception):
+    """Every cluster is withdrawn from serving."""
 
 
 class Predictor:
@@ -41,6 +48,16 @@ class Predictor:
         self.keys = [c["key"] for c in manifest["clusters"]]
         self.prototypes = prototypes.numpy()
         self.prompts, self.weights, self.biases = prompts, weights, biases
+        self.withdrawn: frozenset[str] = frozenset()
+        self._allowed = list(range(len(self.keys)))
+
+    def withdraw(self, keys) -> Predictor:
+        """A snapshot of the same version that never answers with the clusters ``keys``:
+        an input routed to one goes to the nearest cluster that is still served."""
+        out = copy.copy(self)
+        out.withdrawn = frozenset(k for k in keys if k in self.keys)
+        out._allowed = [i for i, k in enumerate(self.keys) if k not in out.withdrawn]
+        return out
 
     @classmethod
     def load(cls, registry: Registry, backbone: Backbone, version: int | None = None) -> Predictor:
@@ -72,11 +89,20 @@ class Predictor:
     @torch.no_grad()
     def predict_bytes(self, data: bytes) -> Prediction:
         view = canonical_view(data, self.backbone.image_size)
-        k = int(nearest(self.backbone.feature(view)[None, :], self.prototypes)[0])
+        feature = self.backbone.feature(view)[None, :]
+        k = int(nearest(feature, self.prototypes)[0])
+        fallback = False
+        if self.withdrawn and self.keys[k] in self.withdrawn:
+            if not self._allowed:
+                raise ClustersUnavailable("every cluster is withdrawn from serving")
+            k = self._allowed[int(nearest(feature, self.prototypes[self._allowed])[0])]
+            fallback = True
         x = self.backbone.prepare_input(
             self.backbone.normalize(view.unsqueeze(0)) + self.prompts[k]
         )
         logits = F.linear(self.backbone.trainer(x).float(), self.weights[k], self.biases[k])[0]
         probs = logits.float().softmax(0)
         idx = int(probs.argmax())
-        return Prediction(self.classes[idx], idx, self.keys[k], self.version, float(probs[idx]))
+        return Prediction(
+            self.classes[idx], idx, self.keys[k], self.version, float(probs[idx]), fallback
+        )
