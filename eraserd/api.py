@@ -32,6 +32,7 @@ from . import __version__
 from .data.images import API_FORMATS, ImageDecodeError, ImageTooLarge, check_image_limits
 from .errors import UnknownIdError
 from .idfile import id_problem
+from .model.predictor import ClustersUnavailable
 from .queue import IdempotencyConflict
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ def _responses(
     }
     for code in sorted({*codes, *_EVERY}):
         out[code] = {"model": ErrorOut, "description": (why or {}).get(code, _WHY[code])}
-    if 503 in out:
+    if 503 in codes and 503 not in (why or {}):  # a full disk: retry the same request
         out[503]["headers"] = {
             "Retry-After": {
                 "description": "Seconds to wait before retrying.",
@@ -256,15 +257,21 @@ def create_app(daemon: Daemon) -> FastAPI:
     # before its body is read.
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes, timeout=limits.body_timeout_s)
 
+    # A 401 is answered before the body is read: closing the connection keeps a client
+    # without the token from trickling an endless body into it.
+    close = {"Connection": "close"}
+
     @app.middleware("http")
     async def auth(request: Request, call_next):
         if request.url.path not in PUBLIC:
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token:
-                return _error(401, "missing bearer token (Authorization: Bearer <token>)")
+                return _error(
+                    401, "missing bearer token (Authorization: Bearer <token>)", headers=close
+                )
             if not hmac.compare_digest(token.strip().encode(), daemon.token.encode()):
-                return _error(401, "invalid bearer token")
+                return _error(401, "invalid bearer token", headers=close)
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -355,6 +362,28 @@ def create_app(daemon: Daemon) -> FastAPI:
             return _error(404, f"no deletion request {request_id!r}")
         return out
 
+    @app.get(
+        "/v1/deletions/{request_id}/certificate",
+        responses=_responses(
+            401,
+            404,
+            422,
+            why={
+                404: "No such request, or it is not published (yet).",
+                422: "A request id over 200 characters.",
+            },
+        ),
+    )
+    def get_certificate(request_id: Annotated[str, PathParam(max_length=200)]):
+        """The deletion certificate of a published request: its audit log entry."""
+        entry = daemon.certificate(request_id)
+        if entry is None:
+            req = daemon.request(request_id)
+            if req is None:
+                return _error(404, f"no deletion request {request_id!r}")
+            return _error(404, f"request {request_id!r} is {req['state']}: no certificate")
+        return entry
+
     @app.get("/v1/status", responses=_responses(401))
     def status() -> dict:
         return daemon.status()
@@ -371,7 +400,8 @@ def create_app(daemon: Daemon) -> FastAPI:
             413,
             415,
             422,
-            ok={200: "Label, cluster, serving version and probability."},
+            503,
+            ok={200: "Label, cluster, serving version, probability and fallback."},
             why={
                 400: "Malformed multipart upload.",
                 413: "Request body over daemon.max_body_bytes, or an image over "
@@ -379,6 +409,8 @@ def create_app(daemon: Daemon) -> FastAPI:
                 "its header, before decoding); `limit` names the key.",
                 415: "Not a readable image (" + ", ".join(API_FORMATS) + ").",
                 422: "Empty body, or a multipart upload without the field `image`.",
+                503: "Every cluster is withdrawn from serving (a deletion missed its "
+                "deadline): none can answer until it is done.",
             },
         ),
         openapi_extra=PREDICT_BODY,
@@ -409,5 +441,7 @@ def create_app(daemon: Daemon) -> FastAPI:
             return _error(413, f"{exc} (limit: {key} = {shown})", limit=key)
         except ImageDecodeError as exc:
             return _error(415, f"not a readable image ({exc})")
+        except ClustersUnavailable as exc:
+            return _error(503, f"{exc}: a deletion missed its deadline; retry once it is done")
 
     return app

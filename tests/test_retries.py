@@ -217,6 +217,15 @@ def test_a_purge_on_a_full_disk_is_finished_before_any_newer_batch(config, tmp_p
             )
             assert done["version"] == version, done
         assert sorted(p.name for p in (d.state / "registry/versions").iterdir()) == ["000003.json"]
+        # Each published request has its certificate, chained in publication order.
+        one = d.call("GET", f"/v1/deletions/{first}/certificate")[1]
+        two = d.call("GET", f"/v1/deletions/{second}/certificate")[1]
+        assert (one["seq"], two["seq"], two["prev"]) == (1, 2, one["hash"])
+        assert (one["certificate"]["version"], two["certificate"]["version"]) == (2, 3)
+        shown = ctl("certificate", first, "--config", config).stdout
+        assert shown.startswith(f"request {first}: deleted; certificate 1 of the audit log")
+        code, r = d.call("GET", "/v1/deletions/del_nonexistent/certificate")
+        assert code == 404 and "no deletion request" in r["error"]["message"]
     finally:
         assert d.stop() == 0
     assert raw_ids_left(d.state, [b"s0040", b"s0041"]) == []
