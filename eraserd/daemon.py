@@ -39,7 +39,7 @@ from .metrics import DaemonMetrics, DaemonState, ModelFacts, QueueView
 from .model.predictor import Predictor
 from .queue import BatchState, Queue
 from .service import Eraser
-from .withdrawn import Withheld
+from .withdrawn import Withheld, withdrawn_clusters
 
 log = logging.getLogger("eraserd.daemon")
 
@@ -348,7 +348,20 @@ class Daemon:
         subjects = [i for _, ids in late for i in ids]
         rows, _, _ = self.eraser.store.classify(samples, subjects)
         self.withheld.add([r.key for r in rows], "deadline", _iso(now))
-        self.predictor = self._serving()
+        # Withdraw from the snapshot in memory: a version whose blobs cannot be read (the
+        # reason the deadline passed, perhaps) must not keep the data in service.
+        pred = self.predictor
+        try:
+            members = self.eraser.member_keys(self.eraser.registry.load(pred.version))
+            withdrawn = withdrawn_clusters(self.withheld.keys(), members)
+        except Exception:
+            log.exception("cannot tell which clusters hold withheld samples: withdrawing all")
+            withdrawn = frozenset(pred.keys)
+        self.predictor = pred.withdraw(withdrawn | pred.withdrawn)
+        log.error(
+            "clusters withdrawn from serving: they hold samples whose deletion missed its deadline",
+            extra={"fields": {"clusters": len(self.predictor.withdrawn), "version": pred.version}},
+        )
 
     def certificate(self, rid: str) -> dict | None:
         """The audit entry certifying a published request, or None."""
