@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 from conftest import small_raw
-from patience import Patience
+from patience import Patience, die_with_parent
 
 from eraserd.config import config_from_dict
 from eraserd.service import Eraser
@@ -76,6 +76,7 @@ class DaemonProc:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=die_with_parent,  # no orphan even if pytest itself is killed
         )
         LIVE.append(self)
 

@@ -17,6 +17,14 @@ CEILING_S = 3600.0
 SAMPLE_S = 2.0
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: Linux SIGKILLs the child when the test process dies, however it dies
+    (even a SIGKILLed or interrupted pytest, which runs no teardown, leaves no orphan)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _stats() -> dict[int, list[str]]:
     """The fields after the command name of every process's ``/proc/PID/stat``."""
     out = {}
@@ -84,6 +92,7 @@ def run_patiently(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=die_with_parent,
         **kwargs,
     )
     try:
