@@ -261,6 +261,10 @@ class DaemonConfig:
     retry_backoff_max_s: float = 300.0
     """The longest wait between two attempts. A batch is retried until its requests'
     deadlines pass; only then, or for an invalid request, does a request fail (closed)."""
+    withdraw_after_attempts: int | None = 10
+    """Fail closed before the deadline too: once a batch has started this many attempts
+    without publishing, the clusters holding its samples stop serving until it publishes.
+    ``null``: only a passed deadline withdraws."""
     allow_remote: bool = False
     """Allow a ``host`` that is not loopback (``127.0.0.0/8``, ``::1``, ``localhost``). The API
     speaks plain HTTP: put a TLS proxy in front of a remote bind."""
@@ -297,6 +301,10 @@ class DaemonConfig:
             f"host {self.host!r} is not a loopback address (127.0.0.0/8, ::1, localhost); "
             "to serve other hosts set daemon.allow_remote: true (the API is plain HTTP: put "
             "TLS in front)",
+        )
+        _check(
+            self.withdraw_after_attempts is None or self.withdraw_after_attempts >= 1,
+            "withdraw_after_attempts must be null or at least 1",
         )
         _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
         _check(

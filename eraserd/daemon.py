@@ -225,9 +225,18 @@ class Daemon:
         published = self.eraser.published_batch() == name
         if not published:  # a published batch is always finished, whatever its deadlines
             now = self.clock()
-            late = [(s, j) for r, s, j in self.queue.request_items(bid) if r.deadline < now]
-            if late:  # fail closed: stop serving what holds their samples, then fail them
-                self._withhold(late, now)
+            limit = self.cfg.daemon.withdraw_after_attempts
+            tried = int((self.queue.batch(bid) or {}).get("attempts") or 0)
+            struggling = limit is not None and tried >= limit
+            # Fail closed: stop serving what holds the samples of requests past their
+            # deadline (then fail them), or of a batch that keeps failing (it goes on).
+            held = [
+                (s, j)
+                for r, s, j in self.queue.request_items(bid)
+                if struggling or r.deadline < now
+            ]
+            if held:
+                self._withhold(held, now, "attempts" if struggling else "deadline")
             expired = self.queue.fail(bid, self._deadline_reason(bid), now, expired_only=True)
             if expired:
                 log.error(
@@ -276,6 +285,8 @@ class Daemon:
             bid, result.version, len(result.affected), len(result.retrained), seconds, self.clock()
         )
         self._done(bid)
+        if self.withheld.record and not swapped:  # withheld samples may be purged now
+            self.predictor = self._serving()
         self.predicted_s = update_estimate(self.predicted_s, seconds)
         self.metrics.batch_published(
             affected=len(result.affected),
@@ -337,17 +348,17 @@ class Daemon:
         pred = self.eraser.predictor()
         if pred.withdrawn:
             log.error(
-                "clusters withdrawn from serving: they hold samples whose deletion missed "
-                "its deadline",
+                "clusters withdrawn from serving: they hold samples of an overdue deletion",
                 extra={"fields": {"clusters": len(pred.withdrawn), "version": pred.version}},
             )
         return pred
 
-    def _withhold(self, late: list[tuple[list[str], list[str]]], now: float) -> None:
-        samples = [i for ids, _ in late for i in ids]
-        subjects = [i for _, ids in late for i in ids]
+    def _withhold(self, held: list[tuple[list[str], list[str]]], now: float, why: str) -> None:
+        samples = [i for ids, _ in held for i in ids]
+        subjects = [i for _, ids in held for i in ids]
         rows, _, _ = self.eraser.store.classify(samples, subjects)
-        self.withheld.add([r.key for r in rows], "deadline", _iso(now))
+        if not self.withheld.add([r.key for r in rows], why, _iso(now)):
+            return  # withheld already: the snapshot withdraws their clusters already
         # Withdraw from the snapshot in memory: a version whose blobs cannot be read (the
         # reason the deadline passed, perhaps) must not keep the data in service.
         pred = self.predictor
@@ -359,8 +370,14 @@ class Daemon:
             withdrawn = frozenset(pred.keys)
         self.predictor = pred.withdraw(withdrawn | pred.withdrawn)
         log.error(
-            "clusters withdrawn from serving: they hold samples whose deletion missed its deadline",
-            extra={"fields": {"clusters": len(self.predictor.withdrawn), "version": pred.version}},
+            "clusters withdrawn from serving: they hold samples of an overdue deletion",
+            extra={
+                "fields": {
+                    "clusters": len(self.predictor.withdrawn),
+                    "version": pred.version,
+                    "cause": why,
+                }
+            },
         )
 
     def certificate(self, rid: str) -> dict | None:

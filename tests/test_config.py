@@ -77,6 +77,7 @@ def test_example_config_loads_and_resolves_state_dir():
         ({"executor": {"pack_images": "x"}}, "executor.pack_images: expected an integer"),
         ({"daemon": {"rate_horizon_s": 0}}, "daemon.rate_horizon_s: must be positive"),
         ({"daemon": {"max_attempts": 3}}, "daemon.max_attempts: removed; a failed batch is"),
+        ({"daemon": {"withdraw_after_attempts": 0}}, "daemon.withdraw_after_attempts: must be"),
         (
             {"daemon": {"retry_backoff_s": 10, "retry_backoff_max_s": 5}},
             "daemon.retry_backoff_max_s: must be at least retry_backoff_s",

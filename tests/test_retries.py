@@ -138,7 +138,11 @@ def audit_verify(config: Path) -> tuple[int, list[str]]:
 @pytest.mark.slow
 def test_a_full_disk_and_a_worker_that_dies_starting_are_retried(config, tmp_path):
     """Defects: a failure that could not be recorded left the batch stuck until a new
-    submission; a worker killed while starting failed the request for good."""
+    submission; a worker killed while starting failed the request for good. A batch that
+    keeps failing also withdraws the clusters holding its samples until it publishes."""
+    raw = yaml.safe_load(config.read_text())
+    raw["daemon"]["withdraw_after_attempts"] = 2
+    config.write_text(yaml.safe_dump(raw))
     disk_full, worker_dies = tmp_path / "disk-full", tmp_path / "worker-dies"
     disk_full.touch()
     worker_dies.touch()
@@ -158,6 +162,7 @@ def test_a_full_disk_and_a_worker_that_dies_starting_are_retried(config, tmp_pat
             lambda: (r := request(d, rid))["attempts"] >= 3 and r, what="retries on a full disk"
         )
         assert stuck["state"] in ("batched", "retuning") and stuck["reason"] is None, stuck
+        assert metrics(d)[("eraserd_clusters_withdrawn",)] >= 1  # failing closed meanwhile
         disk_full.unlink()  # space returns; the worker still dies as it starts
         dead = d.wait_for(
             lambda: "failed to start" in ((r := request(d, rid))["reason"] or "") and r,
@@ -175,6 +180,7 @@ def test_a_full_disk_and_a_worker_that_dies_starting_are_retried(config, tmp_pat
         assert m[("eraserd_batches_total", ("outcome", "retried"))] >= 3
         assert m[("eraserd_batches_total", ("outcome", "failed"))] == 0
         assert m[("eraserd_deletion_requests_failed_total", ("cause", "deadline"))] == 0
+        assert m[("eraserd_clusters_withdrawn",)] == 0  # published: back in service
         log = d.log_text()
         assert "could not record the failed attempt" in log
         assert "error=ExecutorError" in log and "error=OSError" in log
