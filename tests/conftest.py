@@ -125,3 +125,15 @@ def tree_bytes(root: Path) -> list[tuple[Path, bytes]]:
             p = Path(dirpath) / name
             out.append((p, p.read_bytes()))
     return out
+
+
+def forget_crashing_before_purge(er, sample_ids: list[str]) -> None:
+    """A forget that is killed after the swap and before the purge (simulated in-process:
+    the purge raises ``KeyboardInterrupt``). ``er`` must be closed afterwards."""
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash")
+
+    er.store.purge = crash
+    with pytest.raises(KeyboardInterrupt):
+        er.forget(sample_ids=sample_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+from conftest import forget_crashing_before_purge
 
 from eraserd.cost import Replay, Rule
 from eraserd.model.features import ensure_features
@@ -144,13 +145,7 @@ def test_forget_retried_after_a_crash_before_purge(make_config, lite0_32):
     with Eraser(cfg, backbone=lite0_32) as er:
         er.build()
         victim = next(r["sample_id"] for r in er.samples() if r["in_clustering_sample"])
-
-        def crash(*args, **kwargs):
-            raise KeyboardInterrupt("simulated crash")
-
-        er.store.purge = crash
-        with pytest.raises(KeyboardInterrupt):
-            er.forget(sample_ids=[victim])
+        forget_crashing_before_purge(er, [victim])
         assert er.registry.current()[0] == 2
     with Eraser(cfg, backbone=lite0_32) as er:
         assert victim in {r.sample_id for r in er.store.rows()}
@@ -171,13 +166,7 @@ def test_reconcile_purges_what_the_current_version_dropped(make_config, lite0_32
         rows = [r for r in er.samples() if r["split"] == "train"]
         victims = sorted({rows[0]["sample_id"], rows[-1]["sample_id"]})
         assert er.reconcile() == 0  # nothing to do on a consistent state
-
-        def crash(*args, **kwargs):
-            raise KeyboardInterrupt("simulated crash")
-
-        er.store.purge = crash
-        with pytest.raises(KeyboardInterrupt):
-            er.forget(sample_ids=victims)
+        forget_crashing_before_purge(er, victims)
     with Eraser(cfg, backbone=lite0_32) as er:
         keys = {r.sample_id: r.key for r in er.store.rows()}
         assert set(victims) <= set(keys)

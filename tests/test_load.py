@@ -14,6 +14,7 @@ import sys
 from contextlib import contextmanager
 
 import pytest
+from conftest import forget_crashing_before_purge
 
 from eraserd.service import Eraser
 
@@ -38,13 +39,7 @@ def crash_and_retry(cfg, backbone) -> dict:
     with Eraser(cfg, backbone=backbone) as er:
         er.build()
         victim = next(r["sample_id"] for r in er.samples() if r["in_clustering_sample"])
-
-        def crash(*args, **kwargs):
-            raise KeyboardInterrupt("simulated crash")
-
-        er.store.purge = crash
-        with pytest.raises(KeyboardInterrupt):
-            er.forget(sample_ids=[victim])
+        forget_crashing_before_purge(er, [victim])
     with Eraser(cfg, backbone=backbone) as er:
         result = er.forget(sample_ids=[victim])
         assert result.retrained == [] and victim not in {r.sample_id for r in er.store.rows()}
