@@ -53,14 +53,15 @@ def tensors(manifest: dict) -> dict[str, tuple[str, str]]:
 @pytest.mark.slow
 def test_crash_and_retry_under_load_trains_the_quiet_bits(make_config, lite0_32):
     cores = os.cpu_count() or 2
-    light = {"epochs": 1, "warmup_epochs": 0}  # the same path, half the suite time
-    cfg = make_config("loaded", training=light)
+    # The same path on less work: one epoch, two clusters.
+    light = {"training": {"epochs": 1, "warmup_epochs": 0}, "clustering": {"n_clusters": 2}}
+    cfg = make_config("loaded", **light)
     with busy(cores) as procs:
         loaded = crash_and_retry(cfg, lite0_32)
         with Eraser(cfg, backbone=lite0_32) as er:
             report = er.verify()
         assert all(p.poll() is None for p in procs), "the load must last the whole run"
     assert report["identical"], report
-    quiet = crash_and_retry(make_config("quiet", training=light), lite0_32)
+    quiet = crash_and_retry(make_config("quiet", **light), lite0_32)
     assert tensors(loaded) == tensors(quiet)
     assert loaded["prototypes"] == quiet["prototypes"]
