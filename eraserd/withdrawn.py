@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .errors import EraserdError
 from .fsutil import atomic_write
 
 WITHHELD_FILE = "withheld.json"
@@ -35,9 +36,15 @@ class Withheld:
 
     def __init__(self, state_dir: Path):
         self.path = Path(state_dir) / WITHHELD_FILE
-        self.record: dict[str, dict] = (
-            json.loads(self.path.read_text()) if self.path.exists() else {}
-        )
+        self.record: dict[str, dict] = {}
+        if self.path.exists():
+            try:
+                self.record = dict(json.loads(self.path.read_text()))
+            except (ValueError, TypeError) as exc:
+                raise EraserdError(
+                    f"{self.path}: unreadable ({exc}); it lists samples whose deletion failed "
+                    "closed, so eraserd will not serve without it: restore it from a backup"
+                ) from None
 
     def keys(self) -> set[str]:
         return set(self.record)

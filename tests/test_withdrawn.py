@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from eraserd.errors import EraserdError
 from eraserd.withdrawn import Withheld, withdrawn_clusters
 
 
@@ -27,3 +30,9 @@ def test_withheld_samples_persist_until_deleted(tmp_path):
     assert again.prune({"k1", "k3", "other"}) == 1  # k2 was deleted after all
     assert set(json.loads((tmp_path / "withheld.json").read_text())) == {"k1", "k3"}
     assert again.prune({"k1", "k3"}) == 0
+
+
+def test_a_torn_record_is_a_clear_error_not_an_empty_one(tmp_path):
+    (tmp_path / "withheld.json").write_text('{"k1": {"since": ')
+    with pytest.raises(EraserdError, match="withheld.json: unreadable .*restore it"):
+        Withheld(tmp_path)
