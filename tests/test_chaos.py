@@ -1,0 +1,32 @@
+"""Chaos in ``make test``: at least 20 SIGKILLs of a real daemon and its workers (some while
+a worker is still starting) under continuous deletion requests and predictions. Every
+acknowledged request ends published exactly once, nothing is lost, no read is torn, and the
+state passes ``verify`` and ``audit verify``. ``benchmarks/chaos.py`` runs a longer round."""
+
+from __future__ import annotations
+
+import pytest
+from chaos import Chaos
+from daemon_util import built_state, prebuilt_config
+
+KILLS = 20
+
+
+@pytest.mark.slow
+def test_chaos_loses_no_acknowledged_deletion(tmp_path, tmp_path_factory, digits_data, lite0_32):
+    config = prebuilt_config(
+        tmp_path,
+        digits_data / "manifest.csv",
+        lite0_32,
+        built_state(tmp_path_factory),
+        window=0.5,
+        retry_backoff_s=0.2,
+        retry_backoff_max_s=1.0,
+    )
+    image = (digits_data / "img" / "0001.png").read_bytes()
+    chaos = Chaos(config, image, requests=30, seed=0)
+    tally = chaos.run(kills=KILLS)
+    print(tally.summary())
+    assert tally.problems(min_kills=KILLS) == [], tally.summary()
+    assert len(tally.acked) == len(chaos.plan)
+    assert tally.published == len(tally.acked)
