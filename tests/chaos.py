@@ -6,7 +6,8 @@ one. A round:
 
 - a submitter thread sends single-sample and whole-subject deletion requests, each with an
   idempotency key, resending one until it is acknowledged (202, or 200 for a resend the
-  daemon had already taken before it died);
+  daemon had already taken before it died); once all are sent, it goes on resending them,
+  and each must come back as the same request;
 - a predictor thread posts the same image over and over;
 - the main thread SIGKILLs, at seeded random moments, the daemon (then restarts it) or one of
   its workers, and sometimes the worker that replaces it before it has started;
@@ -23,6 +24,7 @@ holds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -113,6 +115,8 @@ class Client:
 class Tally:
     kills: Counter = field(default_factory=Counter)
     sent: int = 0
+    resent: int = 0
+    """Acknowledged requests sent again under their idempotency keys."""
     acked: dict[str, str] = field(default_factory=dict)
     """Idempotency key -> request id, for every acknowledged request."""
     states: dict[str, str] = field(default_factory=dict)
@@ -163,7 +167,7 @@ class Tally:
         identical = self.verify is not None and self.verify.get("identical")
         return (
             f"chaos: {sum(k.values())} kills ({k['daemon']} daemon, {k['worker']} worker, "
-            f"{k['starting worker']} starting worker) · {self.sent} sent · "
+            f"{k['starting worker']} starting worker) · {self.sent} sent ({self.resent} resent) · "
             f"{len(self.acked)} acked · {self.published} published · {self.failed} failed · "
             f"{self.lost} lost · {self.duplicated} duplicated · {self.uncertified} uncertified"
             f" · {self.predictions} predictions ({self.unavailable} while down), "
@@ -226,14 +230,22 @@ class Chaos:
     # ---- the load -----------------------------------------------------------------------
 
     def _submitter(self) -> None:
+        """Sends the plan, then keeps resending acknowledged requests under their keys: each
+        must come back as the same request (200), so traffic goes on all round."""
         rng = random.Random(self.rng.random())
-        for body in self.plan:
+        for n in itertools.count():
+            body = self.plan[n % len(self.plan)]
             key = body["idempotency_key"]
-            self.tally.sent += 1
+            first = n < len(self.plan)
+            self.tally.sent += first
+            self.tally.resent += not first
             while not self.stop.is_set():
                 r = self.client.call("POST", "/v1/deletions", body)
                 if r is not None and r[0] in (200, 202):
-                    self.tally.acked[key] = r[1]["id"]
+                    if first:
+                        self.tally.acked[key] = r[1]["id"]
+                    elif (r[0], r[1]["id"]) != (200, (acked := self.tally.acked.get(key))):
+                        self.tally.errors.append(f"resent {key}: {r[0]} {r[1]['id']}, was {acked}")
                     break
                 if r is not None and r[0] != 503:
                     self.tally.errors.append(f"submit {key}: {r[0]} {r[1]}")

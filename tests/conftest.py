@@ -23,6 +23,32 @@ from eraserd.model.backbone import load_backbone
 N_DIGITS = 240
 
 
+def pytest_collection_modifyitems(items):
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``), the embedded default's build
+    runs on one worker and every other test, in file order, on the other; a test that names
+    its own ``xdist_group`` keeps it."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group("suite"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What the tests measured (``record_property("summary", ...)``), once at the end of the
+    run, passed or failed, also from xdist workers."""
+    lines = [
+        f"{r.nodeid}: {value}"
+        for reports in terminalreporter.stats.values()
+        for r in reports
+        if getattr(r, "when", None) == "call"
+        for name, value in getattr(r, "user_properties", [])
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.write_sep("=", "measured")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(autouse=True)
 def _no_orphan_daemons():
     """Every daemon a test starts is killed when the test ends, pass or fail; one that a

@@ -13,7 +13,9 @@ KILLS = 20
 
 
 @pytest.mark.slow
-def test_chaos_loses_no_acknowledged_deletion(tmp_path, tmp_path_factory, digits_data, lite0_32):
+def test_chaos_loses_no_acknowledged_deletion(
+    tmp_path, tmp_path_factory, digits_data, lite0_32, record_property
+):
     config = prebuilt_config(
         tmp_path,
         digits_data / "manifest.csv",
@@ -26,7 +28,8 @@ def test_chaos_loses_no_acknowledged_deletion(tmp_path, tmp_path_factory, digits
     image = (digits_data / "img" / "0001.png").read_bytes()
     chaos = Chaos(config, image, requests=30, seed=0)
     tally = chaos.run(kills=KILLS)
-    print(tally.summary())
+    record_property("summary", tally.summary())
     assert tally.problems(min_kills=KILLS) == [], tally.summary()
+    assert tally.kills["starting worker"] >= 1 and tally.kills["daemon"] >= 1
     assert len(tally.acked) == len(chaos.plan)
     assert tally.published == len(tally.acked)

@@ -17,7 +17,8 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 
 
 @pytest.mark.slow
-def test_embedded_default_builds_accurately(tmp_path):
+@pytest.mark.xdist_group("embedded")  # the suite's longest test: its own worker in make test
+def test_embedded_default_builds_accurately(tmp_path, record_property):
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["state_dir"] = str(tmp_path / "state")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
@@ -26,10 +27,11 @@ def test_embedded_default_builds_accurately(tmp_path):
     with Eraser(cfg) as er:
         manifest = er.build()
     seconds = time.perf_counter() - start
-    print(
+    record_property(
+        "summary",
         f"embedded default: {len(manifest['clusters'])} clusters, "
         f"accuracy {manifest['accuracy']:.4f}, build {seconds:.1f}s, "
-        f"retrain/deletion {manifest['cost']['expected_retrain_share']:.3f}"
+        f"retrain/deletion {manifest['cost']['expected_retrain_share']:.3f}",
     )
     assert manifest["samples"] == {"train": 1464, "test": 333}
     assert manifest["accuracy"] >= 0.90

@@ -17,7 +17,7 @@ MIN_REQUESTS = 1000
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
-    tmp_path, tmp_path_factory, digits_data, lite0_32
+    tmp_path, tmp_path_factory, digits_data, lite0_32, record_property
 ):
     config = prebuilt_config(
         tmp_path,
@@ -64,7 +64,8 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
         (e["request"]["method"], e["request"]["url"].split("?")[0].replace(d.url, ""))
         for e in entries
     )
-    print(f"schemathesis: {len(entries)} requests, statuses {dict(sorted(statuses.items()))}")
+    summary = f"schemathesis: {len(entries)} requests, statuses {dict(sorted(statuses.items()))}"
+    record_property("summary", summary)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert len(entries) >= MIN_REQUESTS, operations
     assert not {s: n for s, n in statuses.items() if s >= 500}
