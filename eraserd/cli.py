@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -298,8 +299,14 @@ def run(cfg, as_json: bool) -> None:
     def _graceful(signum, frame):
         server.should_exit = True
 
+    def _hangup(signum, frame):
+        logging.getLogger("eraserd.daemon").warning(
+            "SIGHUP ignored: the config is read once at start; restart eraserd to change it"
+        )
+
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
+    signal.signal(signal.SIGHUP, _hangup)  # a closed terminal or a stray reload never kills it
     daemon.start()
 
     def _banner(addresses: list[str]) -> None:  # the sockets uvicorn actually bound

@@ -202,3 +202,12 @@ def test_corrupt_blob_is_refused(copy, digits_data):
     bad = run("forget", "--config", copy, "--sample-id", "s0001", check=False)
     assert bad.returncode == 5 and "corrupt" in bad.stderr
     assert (state / "registry/CURRENT").read_text().split()[0] == "1"
+
+
+def test_python_dash_m_runs_the_same_commands():
+    out = subprocess.run(
+        [sys.executable, "-m", "eraserd", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Usage: eraserd ")
+    assert "verify" in out.stdout and "run" in out.stdout

@@ -4,6 +4,7 @@ processes on loopback, real SIGKILL, real SQLite."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -268,6 +269,14 @@ def test_eraserctl_errors_are_one_clear_line(daemon, tmp_path):
     assert bad.returncode == 2 and "--deadline" in bad.stderr
     for out in (bad,):
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_sighup_is_logged_and_ignored(daemon):
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for(lambda: "SIGHUP ignored" in daemon.log_text(), what="the SIGHUP log line")
+    assert daemon.proc.poll() is None
+    assert daemon.call("GET", "/v1/status")[0] == 200
 
 
 @pytest.mark.slow
