@@ -136,6 +136,24 @@ def make_config(tmp_path, digits_data):
     return make
 
 
+@pytest.fixture
+def prebuilt(tmp_path, tmp_path_factory, digits_data, lite0_32):
+    """``prebuilt(**daemon)``: a daemon config (``daemon_util.prebuilt_config``) whose state
+    holds a first version already. Only the end-to-end test lets the daemon build its own."""
+    from daemon_util import built_state, prebuilt_config
+
+    def make(**daemon) -> Path:
+        return prebuilt_config(
+            tmp_path,
+            digits_data / "manifest.csv",
+            lite0_32,
+            built_state(tmp_path_factory),
+            **daemon,
+        )
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def lite0_32():
     """The real pretrained backbone, loaded once per session (it is frozen and read-only)."""

@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import pytest
 from chaos import Chaos
-from daemon_util import built_state, prebuilt_config
 
 KILLS = 20
 
 
 @pytest.mark.slow
-def test_chaos_loses_no_acknowledged_deletion(
-    tmp_path, tmp_path_factory, digits_data, lite0_32, record_property
-):
-    config = prebuilt_config(
-        tmp_path,
-        digits_data / "manifest.csv",
-        lite0_32,
-        built_state(tmp_path_factory),
-        window=0.5,
-        retry_backoff_s=0.2,
-        retry_backoff_max_s=1.0,
-    )
+def test_chaos_loses_no_acknowledged_deletion(prebuilt, digits_data, record_property):
+    config = prebuilt(window=0.5, retry_backoff_s=0.2, retry_backoff_max_s=1.0)
     image = (digits_data / "img" / "0001.png").read_bytes()
     chaos = Chaos(config, image, requests=30, seed=0)
     tally = chaos.run(kills=KILLS)

@@ -28,23 +28,6 @@ def published(daemon: DaemonProc, rid: str, state: str = "published"):
     return r if r["state"] == state else None
 
 
-@pytest.fixture
-def prebuilt(tmp_path, tmp_path_factory, digits_data, lite0_32):
-    """A daemon config whose state holds a first version already. Only the end-to-end test
-    lets the daemon build its own."""
-
-    def make(**daemon) -> Path:
-        return prebuilt_config(
-            tmp_path,
-            digits_data / "manifest.csv",
-            lite0_32,
-            built_state(tmp_path_factory),
-            **daemon,
-        )
-
-    return make
-
-
 @pytest.mark.slow
 def test_end_to_end_with_eraserctl(tmp_path, digits_data):
     config = write_daemon_config(tmp_path, digits_data / "manifest.csv", window=2.0)

@@ -9,7 +9,7 @@ import json
 from collections import Counter
 
 import pytest
-from daemon_util import BIN, DaemonProc, built_state, prebuilt_config
+from daemon_util import BIN, DaemonProc
 from patience import run_patiently
 
 MIN_REQUESTS = 1000
@@ -17,16 +17,9 @@ MIN_REQUESTS = 1000
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
-    tmp_path, tmp_path_factory, digits_data, lite0_32, record_property
+    tmp_path, prebuilt, record_property
 ):
-    config = prebuilt_config(
-        tmp_path,
-        digits_data / "manifest.csv",
-        lite0_32,
-        built_state(tmp_path_factory),
-        window=3600.0,
-    )
-    d = DaemonProc(config)
+    d = DaemonProc(prebuilt(window=3600.0))
     d.wait_ready()
     har = tmp_path / "requests.har"
     try:

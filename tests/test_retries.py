@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tree_bytes
-from daemon_util import BIN, DaemonProc, built_state, ctl, prebuilt_config
+from daemon_util import BIN, DaemonProc, ctl
 from patience import run_patiently
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,15 +27,8 @@ FAST_RETRIES = {"retry_backoff_s": 0.2, "retry_backoff_max_s": 1.0}
 
 
 @pytest.fixture
-def config(tmp_path, tmp_path_factory, digits_data, lite0_32) -> Path:
-    return prebuilt_config(
-        tmp_path,
-        digits_data / "manifest.csv",
-        lite0_32,
-        built_state(tmp_path_factory),
-        window=3600.0,  # batches start on an explicit flush only
-        **FAST_RETRIES,
-    )
+def config(prebuilt) -> Path:
+    return prebuilt(window=3600.0, **FAST_RETRIES)  # batches start on an explicit flush only
 
 
 def request(d: DaemonProc, rid: str) -> dict:
