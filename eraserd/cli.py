@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from . import __version__, progress
+from .cliutil import Group
 from .config import load_config
 from .errors import EraserdError
 from .idfile import read_ids
@@ -65,7 +66,7 @@ def _eraser(cfg):
     return Eraser(cfg)
 
 
-@click.group()
+@click.group(cls=Group)
 @click.version_option(__version__, prog_name="eraserd")
 def main() -> None:
     """eraserd: exact machine unlearning for vision models (LMEraser)."""

@@ -515,6 +515,15 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     )
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where (1-based line and column) and what, without PyYAML's source excerpt."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (f"{problem} ({context})" if context else problem)
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML file; relative paths in it are relative to the file."""
     path = Path(path)
@@ -527,7 +536,7 @@ def load_config(path: str | Path) -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .client import INVALID, Client, ClientError
+from .cliutil import Group
 from .errors import EraserdError
 from .idfile import read_ids
 
@@ -86,7 +87,7 @@ def _describe(r: dict, now: float) -> str:
     return line
 
 
-@click.group()
+@click.group(cls=Group)
 @click.version_option(__version__, prog_name="eraserctl")
 def main() -> None:
     """Talk to a running eraserd daemon: submit deletions, check status, predict."""

@@ -156,6 +156,34 @@ def test_config_errors_name_the_key(tmp_path, digits_data):
     assert not (tmp_path / "state").exists(), "a bad config must not create state"
 
 
+def test_invalid_yaml_is_one_line_naming_the_file_and_the_place(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("state_dir: s\ndata: [unclosed\n")
+    out = run("info", "--config", bad, check=False)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"eraserd: error: {bad}: not valid YAML: line 3, column 1: expected ',' or ']', but "
+        "got '<stream end>' (while parsing a flow sequence)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        (ERASERD, "info", "--json"),  # --config missing
+        (ERASERD, "info", "--json", "--config", "x.yaml", "--bogus"),
+        (ERASERD, "--json", "no-such-command"),
+        (str(Path(ERASERD).parent / "eraserctl"), "status", "--json", "--bogus"),
+    ],
+)
+def test_usage_errors_honour_json(cmd, tmp_path):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    error = json.loads(out.stdout)
+    assert error["type"] in ("MissingParameter", "NoSuchOption", "UsageError"), error
+    assert error["error"] and out.stderr == ""
+
+
 def test_missing_data_path(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", small_raw(tmp_path / "state", tmp_path / "nope"))
     bad = run("build", "--config", cfg, "--json", check=False)

@@ -1,0 +1,32 @@
+"""Click pieces shared by ``eraserd`` and ``eraserctl``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+class Group(click.Group):
+    """A command group whose own errors honour ``--json``.
+
+    Usage errors (a missing ``--config``, an unknown option or command, a bad value) are
+    caught by click before any command runs. With ``--json`` anywhere on the command line,
+    they are printed as ``{"error": ..., "type": ...}`` on stdout, like every other error,
+    with click's exit code (2 for usage errors); without it, click prints its usual text.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or "--json" not in argv:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(json.dumps({"error": exc.format_message(), "type": type(exc).__name__}))
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo(json.dumps({"error": "aborted", "type": "Abort"}))
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
