@@ -7,10 +7,12 @@ non-zero exit code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -284,6 +286,7 @@ def run(cfg, as_json: bool) -> None:
 
     _Server = _server_class()
     logs.configure(cfg.daemon.log_json or as_json)
+    sock = _listen(cfg)  # before the lock and any build: a taken port fails at once
     daemon = Daemon(cfg)
     app = create_app(daemon)
     server = _Server(
@@ -319,9 +322,37 @@ def run(cfg, as_json: bool) -> None:
 
     server.banner = _banner
     try:
-        server.run()  # returns on SIGINT/SIGTERM once open requests are answered
+        server.run(sockets=[sock])  # returns on SIGINT/SIGTERM once open requests are answered
     finally:
         daemon.stop()  # finishes the batch in progress; the queue keeps the rest
+
+
+def _listen(cfg) -> socket.socket:
+    """The control API's socket, bound to ``daemon.host:daemon.port``. A port in use is one
+    clear error (exit 6 when it is this state dir's own daemon, else 1)."""
+    host, port = cfg.daemon.host, cfg.daemon.port
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise EraserdError(f"daemon.host {host!r}: cannot resolve it ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            with StateLock(cfg.state_dir, "eraserd run"):  # StateLocked if it is our daemon
+                pass
+        raise EraserdError(
+            f"cannot listen on {host}:{port}: {exc.strerror.lower()} "
+            "(another process has it: stop it or set daemon.port)"
+            if exc.errno == errno.EADDRINUSE
+            else f"cannot listen on {host}:{port}: {exc.strerror.lower()} (daemon.host/daemon.port)"
+        ) from None
+    return sock
 
 
 def _server_class():

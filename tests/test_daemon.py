@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import tree_bytes
 from daemon_util import BIN, DaemonProc, built_state, ctl, prebuilt_config, write_daemon_config
 from patience import children, run_patiently
@@ -260,6 +262,21 @@ def test_sighup_is_logged_and_ignored(daemon):
     daemon.wait_for(lambda: "SIGHUP ignored" in daemon.log_text(), what="the SIGHUP log line")
     assert daemon.proc.poll() is None
     assert daemon.call("GET", "/v1/status")[0] == 200
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_one_clear_error_before_anything_starts(prebuilt):
+    config = prebuilt()
+    port = yaml.safe_load(config.read_text())["daemon"]["port"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        proc = run_patiently([str(BIN / "eraserd"), "run", "--config", str(config)])
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"eraserd: error: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(another process has it: stop it or set daemon.port)"
+    ]
 
 
 @pytest.mark.slow
