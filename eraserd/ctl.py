@@ -1,7 +1,8 @@
 """``eraserctl``: the operator's client for a running ``eraserd run`` daemon.
 
 Exit codes: 0 ok, 1 failed request (``--wait``) or daemon error, 2 rejected input,
-3 daemon unreachable, 4 unauthorized, 5 unknown request.
+3 daemon unreachable, 4 unauthorized, 5 unknown request, 7 ``--wait`` gave up while the
+request is still pending.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .idfile import read_ids
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TERMINAL = ("published", "failed")
+WAIT_TIMEOUT = 7
+"""``submit-deletion --wait`` gave up: the request is still pending (not failed)."""
 
 
 def parse_deadline(text: str, now: float) -> str:
@@ -141,6 +144,13 @@ def submit_deletion(
     if r.get("already_pending_ids"):
         notes.append(f"already pending: {', '.join(r['already_pending_ids'])}")
     click.echo(json.dumps(r, indent=2) if as_json else "\n".join([_describe(r, now), *notes]))
+    if wait and r["state"] not in TERMINAL:
+        click.echo(
+            f"eraserctl: gave up waiting after {timeout:g}s: request {r['id']} is still "
+            f"{r['state']} (the daemon keeps it; see eraserctl status {r['id']})",
+            err=True,
+        )
+        sys.exit(WAIT_TIMEOUT)
     if wait and r["state"] != "published":
         sys.exit(1)
 

@@ -257,6 +257,29 @@ def test_eraserctl_errors_are_one_clear_line(daemon, tmp_path):
 
 
 @pytest.mark.slow
+def test_wait_that_runs_out_says_so_and_exits_7(daemon):
+    cfg = daemon.config
+    out = ctl(
+        "submit-deletion",
+        "-c",
+        cfg,
+        "--sample-id",
+        "s0100",
+        "--wait",
+        "--timeout",
+        "1",
+        check=False,
+    )
+    assert out.returncode == 7, out.stderr
+    rid = out.stdout.split(":")[0]
+    assert out.stderr.splitlines() == [
+        f"eraserctl: gave up waiting after 1s: request {rid} is still queued (the daemon keeps "
+        f"it; see eraserctl status {rid})"
+    ]
+    assert daemon.call("GET", f"/v1/deletions/{rid}")[1]["state"] == "queued"
+
+
+@pytest.mark.slow
 def test_sighup_is_logged_and_ignored(daemon):
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_for(lambda: "SIGHUP ignored" in daemon.log_text(), what="the SIGHUP log line")
