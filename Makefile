@@ -25,7 +25,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check eraserd tests benchmarks
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: install
 	$(BIN)/ruff check eraserd tests benchmarks

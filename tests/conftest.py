@@ -23,13 +23,16 @@ from eraserd.model.backbone import load_backbone
 N_DIGITS = 240
 
 
-def pytest_collection_modifyitems(items):
-    """Under ``pytest -n 2 --dist loadgroup`` (``make test``), the embedded default's build
-    runs on one worker and every other test, in file order, on the other; a test that names
-    its own ``xdist_group`` keeps it."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group("suite"))
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n 2`` (``make test``): the embedded default's build, the longest test,
+    on one worker from the start, and every other test, in file order, on the other."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EmbeddedApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "embedded" if nodeid.startswith("tests/test_embedded_default.py") else "suite"
+
+    return EmbeddedApart(config, log)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -17,7 +17,6 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("embedded")  # the suite's longest test: its own worker in make test
 def test_embedded_default_builds_accurately(tmp_path, record_property):
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["state_dir"] = str(tmp_path / "state")
