@@ -6,8 +6,6 @@ BIN    := $(VENV)/bin
 CONFIG ?= config.example.yaml
 # torch/torchvision are pinned to the releases this project is tested with.
 TORCH  := torch==2.14.1 torchvision==0.29.1
-# Two pytest workers: the embedded default's build on one, the rest of the suite on the other.
-TEST_WORKERS ?= 2
 
 .PHONY: run test lint install clean
 
@@ -25,7 +23,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check eraserd tests benchmarks
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check eraserd tests benchmarks

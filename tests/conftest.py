@@ -23,21 +23,9 @@ from eraserd.model.backbone import load_backbone
 N_DIGITS = 240
 
 
-def pytest_xdist_make_scheduler(config, log):
-    """Under ``pytest -n 2`` (``make test``): the embedded default's build, the longest test,
-    on one worker from the start, and every other test, in file order, on the other."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class EmbeddedApart(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "embedded" if nodeid.startswith("tests/test_embedded_default.py") else "suite"
-
-    return EmbeddedApart(config, log)
-
-
 def pytest_terminal_summary(terminalreporter):
     """What the tests measured (``record_property("summary", ...)``), once at the end of the
-    run, passed or failed, also from xdist workers."""
+    run, passed or failed."""
     lines = [
         f"{r.nodeid}: {value}"
         for reports in terminalreporter.stats.values()

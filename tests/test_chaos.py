@@ -15,7 +15,7 @@ KILLS = 20
 def test_chaos_loses_no_acknowledged_deletion(prebuilt, digits_data, record_property):
     config = prebuilt(window=0.5, retry_backoff_s=0.2, retry_backoff_max_s=1.0)
     image = (digits_data / "img" / "0001.png").read_bytes()
-    chaos = Chaos(config, image, requests=30, seed=0)
+    chaos = Chaos(config, image, requests=30, seed=0, daemon_share=0.3)
     tally = chaos.run(kills=KILLS)
     record_property("summary", tally.summary())
     assert tally.problems(min_kills=KILLS) == [], tally.summary()

@@ -92,7 +92,9 @@ def test_end_to_end_with_eraserctl(tmp_path, digits_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["acked", "retuning", "written", "swapped"])
+# "acked" (killed between an acknowledgement and its batch) is what most of the chaos test's
+# kills hit; "swapped" is killed again and again in test_retries.
+@pytest.mark.parametrize("point", ["retuning", "written"])
 def test_crash_recovery_publishes_each_request_once(prebuilt, point):
     # A long window: the batch starts only on the explicit flush, so all three requests
     # share one batch and the crash hits it at a known point.
