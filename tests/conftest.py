@@ -6,6 +6,7 @@ real scikit-learn digits, with few epochs so the suite stays fast on 2 CPU cores
 
 from __future__ import annotations
 
+import eraserd  # noqa: F401  # isort: skip  (first: caps OpenMP spinning before torch loads)
 import csv
 import io
 import os
