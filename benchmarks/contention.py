@@ -19,7 +19,10 @@ import os
 import statistics
 import subprocess
 import sys
-from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_load import busy  # noqa: E402  (the same bounded busy loops as the load test)
 
 SETTINGS = {
     "libgomp default": {"GOMP_SPINCOUNT": "300000", "threads": 2},
@@ -57,19 +60,6 @@ out = train_cluster(bb, data, tcfg, pcfg, 10)
 seconds = time.perf_counter() - t
 print(json.dumps({"steps_per_s": out.steps / seconds, "checksum": float(out.prompt.sum())}))
 """
-
-SPIN = "import time\nend = time.monotonic() + 900\nwhile time.monotonic() < end: pass\n"
-
-
-@contextmanager
-def busy(n: int):
-    procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n)]
-    try:
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 def run(setting: dict, steps: int) -> dict:

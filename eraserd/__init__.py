@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,7 @@ loads it, so it is set here, before any torch import, and every worker inherits 
 operator's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins."""
 
 
-def _default_openmp_spin(env: os._Environ | dict) -> bool:
+def _default_openmp_spin(env: MutableMapping[str, str]) -> bool:
     """Set the cap unless the operator chose; True when it was set before torch loaded."""
     if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
         return False
