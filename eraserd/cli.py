@@ -1,7 +1,8 @@
 """``eraserd``: thin click commands, one library call each.
 
-Every command takes ``--config`` and ``--json``. Errors become one line on stderr and a
-non-zero exit code.
+Every command takes ``--config`` and ``--json``. Errors become one line on stderr (or a JSON
+object on stdout) and a non-zero exit code from the table shared with ``eraserctl``
+(``eraserd.errors.EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import click
 from . import __version__, progress
 from .cliutil import Group
 from .config import load_config
-from .errors import EraserdError
+from .errors import ERROR, EraserdError, error_json
 from .idfile import read_ids
 from .locking import StateLock
 
@@ -50,7 +51,7 @@ def command(fn):
             return fn(cfg, as_json, **kwargs)
         except EraserdError as exc:
             if as_json:
-                click.echo(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+                click.echo(json.dumps(error_json(exc)))
             else:
                 click.echo(f"eraserd: error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -162,7 +163,7 @@ def verify(cfg, as_json: bool) -> None:
     ]
     _emit(as_json, report, "\n".join(lines))
     if not report["identical"]:
-        sys.exit(1)
+        sys.exit(ERROR)
 
 
 @main.group()
@@ -184,7 +185,7 @@ def audit_verify(cfg, as_json: bool) -> None:
     )
     _emit(as_json, report, "\n".join([head] + [f"  {p}" for p in report["problems"]]))
     if not report["ok"]:
-        sys.exit(1)
+        sys.exit(ERROR)
 
 
 @main.command()

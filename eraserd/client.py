@@ -9,17 +9,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class ClientError(Exception):
-    """One clear line for the user, plus the exit code that names the kind of failure."""
-
-    def __init__(self, message: str, exit_code: int = 1, payload: dict | None = None):
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.payload = payload or {}
-
-
-UNREACHABLE, UNAUTHORIZED, NOT_FOUND, INVALID = 3, 4, 5, 2
+from .errors import (
+    DaemonError,
+    DaemonUnreachableError,
+    EraserdError,
+    InvalidInputError,
+    UnauthorizedError,
+    UnknownIdError,
+    UnknownRequestError,
+)
 
 
 def base_url(host: str, port: int) -> str:
@@ -51,15 +49,14 @@ class Client:
                 try:
                     token = cfg.token_path.read_text().strip()
                 except OSError as exc:
-                    raise ClientError(
+                    raise UnauthorizedError(
                         f"cannot read token file {cfg.token_path}: {exc.strerror} "
-                        "(has the daemon started once?)",
-                        UNAUTHORIZED,
+                        "(has the daemon started once?)"
                     ) from None
         if url is None:
-            raise ClientError("no daemon address: pass --config, --url or set ERASERD_URL", INVALID)
+            raise InvalidInputError("no daemon address: pass --config, --url or set ERASERD_URL")
         if token is None:
-            raise ClientError("no API token: pass --config, --token or set ERASERD_TOKEN", INVALID)
+            raise InvalidInputError("no API token: pass --config, --token or set ERASERD_TOKEN")
         return cls(url.rstrip("/"), token, timeout)
 
     def call(
@@ -79,31 +76,39 @@ class Client:
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"{}")
+                raw = resp.read()
         except urllib.error.HTTPError as exc:
             raise _http_error(exc) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ClientError(
-                f"cannot reach eraserd at {self.url}: {reason}", UNREACHABLE
+            raise DaemonUnreachableError(f"cannot reach eraserd at {self.url}: {reason}") from None
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            raise DaemonError(
+                f"{self.url}{path}: the reply is not JSON (is this an eraserd daemon?)"
             ) from None
 
 
-def _http_error(exc: urllib.error.HTTPError) -> ClientError:
+def _http_error(exc: urllib.error.HTTPError) -> EraserdError:
+    """The daemon's error reply as the exception whose exit code names it (see
+    ``eraserd.errors.EXIT_CODES``); ``--json`` shows its error body as well."""
     try:
         payload = json.loads(exc.read() or b"{}")
     except ValueError:
         payload = {}
     err = payload.get("error", {}) if isinstance(payload, dict) else {}
+    err = err if isinstance(err, dict) else {}
     message = err.get("message") or exc.reason
-    if exc.code == 401:
-        return ClientError(
-            f"unauthorized (401): {message}; check --token, ERASERD_TOKEN or the token file",
-            UNAUTHORIZED,
+    if exc.code in (401, 403):
+        return UnauthorizedError(
+            f"unauthorized ({exc.code}): {message}; check --token, ERASERD_TOKEN or the token file",
             err,
         )
     if exc.code == 404:
-        return ClientError(f"not found (404): {message}", NOT_FOUND, err)
+        return UnknownRequestError(f"not found (404): {message}", payload=err)
+    if exc.code == 422 and err.get("unknown"):
+        return UnknownIdError(f"rejected ({exc.code}): {message}", err["unknown"], err)
     if 400 <= exc.code < 500:
-        return ClientError(f"rejected ({exc.code}): {message}", INVALID, err)
-    return ClientError(f"daemon error ({exc.code}): {message}", 1, err)
+        return InvalidInputError(f"rejected ({exc.code}): {message}", err)
+    return DaemonError(f"daemon error ({exc.code}): {message}", err)

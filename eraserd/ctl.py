@@ -1,8 +1,8 @@
 """``eraserctl``: the operator's client for a running ``eraserd run`` daemon.
 
-Exit codes: 0 ok, 1 failed request (``--wait``) or daemon error, 2 rejected input,
-3 daemon unreachable, 4 unauthorized, 5 unknown request, 7 ``--wait`` gave up while the
-request is still pending.
+Exit codes are the table ``eraserd.errors.EXIT_CODES``, shared with ``eraserd``: e.g. 2 rejected
+input, 4 unknown ids or request, 7 ``--wait`` gave up while the request is still pending,
+8 daemon unreachable, 9 unauthorized, 1 anything else (a failed request with ``--wait``).
 """
 
 from __future__ import annotations
@@ -14,19 +14,26 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from . import __version__
-from .client import INVALID, Client, ClientError
+from .client import Client
 from .cliutil import Group
-from .errors import EraserdError
+from .errors import (
+    EraserdError,
+    InvalidInputError,
+    RequestFailedError,
+    WaitTimeoutError,
+    error_json,
+)
 from .idfile import read_ids
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TERMINAL = ("published", "failed")
-WAIT_TIMEOUT = 7
+WAIT_TIMEOUT = WaitTimeoutError.exit_code
 """``submit-deletion --wait`` gave up: the request is still pending (not failed)."""
 
 
@@ -39,10 +46,22 @@ def parse_deadline(text: str, now: float) -> str:
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ClientError(
-            f"--deadline: expected a duration like 72h or an ISO 8601 time, got {text!r}", INVALID
+        raise InvalidInputError(
+            f"--deadline: expected a duration like 72h or an ISO 8601 time, got {text!r}"
         ) from None
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).isoformat()
+
+
+def fail(exc: EraserdError, as_json: bool, result: dict | None = None) -> NoReturn:
+    """Report ``exc`` and exit with its code (the table in ``eraserd.errors``): one line on
+    stderr, or with ``--json`` one JSON object on stdout, ``{"error", "type", "exit_code"}``
+    (plus the daemon's error body, or the fields of ``result``, the request it is about)."""
+    if as_json:
+        obj = {**(result or {}), **error_json(exc)}
+        click.echo(json.dumps(obj, indent=2) if result else json.dumps(obj))
+    else:
+        click.echo(f"eraserctl: {exc}", err=True)
+    sys.exit(exc.exit_code)
 
 
 def _client_options(fn):
@@ -61,13 +80,8 @@ def _client_options(fn):
         try:
             client = Client.locate(config, url, token)
             return fn(client, as_json, **kwargs)
-        except (ClientError, EraserdError) as exc:
-            code = getattr(exc, "exit_code", 1)
-            if as_json:
-                click.echo(json.dumps({"error": str(exc), **getattr(exc, "payload", {})}))
-            else:
-                click.echo(f"eraserctl: {exc}", err=True)
-            sys.exit(code)
+        except EraserdError as exc:
+            fail(exc, as_json)
 
     return wrapper
 
@@ -124,7 +138,7 @@ def submit_deletion(
     more_s, more_subj = read_ids(from_file)
     body = {"sample_ids": list(sample_ids) + more_s, "subject_ids": list(subject_ids) + more_subj}
     if not body["sample_ids"] and not body["subject_ids"]:
-        raise ClientError("name at least one --sample-id, --subject-id or --from-file", INVALID)
+        raise InvalidInputError("name at least one --sample-id, --subject-id or --from-file")
     if idempotency_key:
         body["idempotency_key"] = idempotency_key
     if deadline:
@@ -143,16 +157,21 @@ def submit_deletion(
     )
     if r.get("already_pending_ids"):
         notes.append(f"already pending: {', '.join(r['already_pending_ids'])}")
-    click.echo(json.dumps(r, indent=2) if as_json else "\n".join([_describe(r, now), *notes]))
+    error = None
     if wait and r["state"] not in TERMINAL:
-        click.echo(
-            f"eraserctl: gave up waiting after {timeout:g}s: request {r['id']} is still "
-            f"{r['state']} (the daemon keeps it; see eraserctl status {r['id']})",
-            err=True,
+        error = WaitTimeoutError(
+            f"gave up waiting after {timeout:g}s: request {r['id']} is still "
+            f"{r['state']} (the daemon keeps it; see eraserctl status {r['id']})"
         )
-        sys.exit(WAIT_TIMEOUT)
-    if wait and r["state"] != "published":
-        sys.exit(1)
+    elif wait and r["state"] != "published":
+        error = RequestFailedError(
+            f"request {r['id']} failed: {r.get('reason') or 'no reason given'} "
+            f"(see eraserctl status {r['id']})"
+        )
+    if not (as_json and error):  # with --json, the request comes with the error
+        click.echo(json.dumps(r, indent=2) if as_json else "\n".join([_describe(r, now), *notes]))
+    if error:
+        fail(error, as_json, r)
 
 
 @main.command()
@@ -251,7 +270,7 @@ def predict(client: Client, as_json: bool, images) -> None:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise ClientError(f"{path}: cannot read: {exc.strerror}", INVALID) from None
+            raise EraserdError(f"{path}: cannot read: {exc.strerror}") from None
         r = client.call("POST", "/v1/predict", data=data, content_type="application/octet-stream")
         out.append({"image": str(path), **r})
     click.echo(

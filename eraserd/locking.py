@@ -6,12 +6,12 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import EraserdError
+from .errors import IN_USE, EraserdError
 from .fsutil import private_dir
 
 
 class StateLocked(EraserdError):
-    exit_code = 6
+    exit_code = IN_USE
 
 
 class StateLock:

@@ -243,13 +243,13 @@ def test_bad_predict_and_lookup(daemon, digits_data):
 def test_eraserctl_errors_are_one_clear_line(daemon, tmp_path):
     cfg = daemon.config
     bad = ctl("status", "--config", cfg, "--token", "wrong", check=False)
-    assert bad.returncode == 4 and bad.stderr.startswith("eraserctl: unauthorized (401)")
+    assert bad.returncode == 9 and bad.stderr.startswith("eraserctl: unauthorized (401)")
     bad = ctl("status", "--url", "http://127.0.0.1:9", "--token", "x", check=False)
-    assert bad.returncode == 3 and "cannot reach eraserd at http://127.0.0.1:9" in bad.stderr
+    assert bad.returncode == 8 and "cannot reach eraserd at http://127.0.0.1:9" in bad.stderr
     bad = ctl("status", "del_missing", "--config", cfg, check=False)
-    assert bad.returncode == 5 and "not found (404)" in bad.stderr
+    assert bad.returncode == 4 and "not found (404)" in bad.stderr
     bad = ctl("submit-deletion", "--config", cfg, "--sample-id", "nobody", check=False)
-    assert bad.returncode == 2 and "unknown id(s): sample nobody" in bad.stderr
+    assert bad.returncode == 4 and "unknown id(s): sample nobody" in bad.stderr
     bad = ctl(
         "submit-deletion", "--config", cfg, "--sample-id", "s1", "--deadline", "soon", check=False
     )
