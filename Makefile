@@ -6,14 +6,24 @@ BIN    := $(VENV)/bin
 CONFIG ?= config.example.yaml
 # torch/torchvision are pinned to the releases this project is tested with.
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# Empty: torch/torchvision come from PyPI, whose Linux x86-64 wheels bundle CUDA (nvidia-*,
+# triton: most of .venv's 6.2 GB). On a host without a GPU, take the CPU-only builds instead:
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# It applies when .venv is created (a fresh clone, or after `make clean`).
+TORCH_INDEX ?=
 
 .PHONY: run test lint install clean
 
-$(BIN)/eraserd: pyproject.toml
+# eraserd's run-time dependencies are installed at the versions in the lock: the ones the
+# tests ran with and the Docker image installs (its hashes are for the image, not used here).
+LOCK   := deploy/docker/requirements.lock
+
+$(BIN)/eraserd: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
+	sed -n 's/^\([A-Za-z0-9._-]*==[^ \\]*\).*/\1/p' $(LOCK) > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet -e '.[dev,ray]' -c $(VENV)/constraints.txt
 	touch $@
 
 install: $(BIN)/eraserd
