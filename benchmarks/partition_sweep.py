@@ -11,7 +11,8 @@ engine (in-process executor, deterministic mode). A setting is ``single`` (one p
 head over all data: ``n_clusters: 1``), ``default`` (the config as it is), or slash-
 separated overrides: ``S<sample_size>``, ``t<distance_threshold>``, ``n<n_clusters>``,
 ``cap<max_cluster_share>``, ``mp<min_cluster_points>``, ``e<epochs>``, ``b<batch_size>``,
-``m<min_steps>``, ``hl<head_lr>``, ``pl<prompt_lr>``, ``wd<weight_decay>``. Each row prints
+``m<min_steps>``, ``hl<head_lr>``, ``pl<prompt_lr>``, ``wd<weight_decay>``, ``r<routing
+method>`` (``rprototype``, ``rneighbors``), ``k<neighbors>``. Each row prints
 the mean over seeds of the cluster count, the largest cluster's share of the training data,
 the expected share retrained per random single deletion (recluster included: ``eraserd
 info``'s ``expected_retrain_share``), the held-out accuracy as mean ± sd, and the build
@@ -49,6 +50,8 @@ KEYS = {
     "hl": ("training", "head_lr", float),
     "pl": ("training", "prompt_lr", float),
     "wd": ("training", "weight_decay", float),
+    "r": ("routing", "method", str),
+    "k": ("routing", "neighbors", int),
 }
 
 
@@ -63,7 +66,7 @@ def apply(cfg: Config, setting: str) -> Config:
                 cfg.clustering, distance_threshold=None, n_clusters=1, max_cluster_share=None
             ),
         )
-    sections: dict[str, dict] = {"clustering": {}, "training": {}}
+    sections: dict[str, dict] = {"clustering": {}, "training": {}, "routing": {}}
     for part in setting.split("/"):
         for prefix in sorted(KEYS, key=len, reverse=True):
             if part.startswith(prefix):
@@ -82,6 +85,7 @@ def apply(cfg: Config, setting: str) -> Config:
         cfg,
         clustering=dataclasses.replace(cfg.clustering, **clustering),
         training=dataclasses.replace(cfg.training, **sections["training"]),
+        routing=dataclasses.replace(cfg.routing, **sections["routing"]),
     )
 
 

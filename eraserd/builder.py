@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from .clustering import Partition, nearest
+from .clustering import Partition, Routing
 from .config import Config
 from .data.images import canonical_view
 from .data.store import SampleRow, Store
@@ -99,6 +99,7 @@ def materialize(
     registry: Registry,
     backbone: Backbone,
     part: Partition,
+    routing: Routing,
     test_features: dict[str, np.ndarray],
     previous: dict | None,
     change: Change,
@@ -118,7 +119,7 @@ def materialize(
     if test_ids:
         for sid, k in zip(
             test_ids,
-            nearest(np.stack([test_features[i] for i in test_ids]), part.prototypes).tolist(),
+            routing.route(np.stack([test_features[i] for i in test_ids])).tolist(),
         ):
             routed[k].append(sid)
 
@@ -188,6 +189,12 @@ def materialize(
         )
 
     protos_h = registry.put_tensors({"prototypes": torch.from_numpy(part.prototypes.copy())})
+    route = {"method": cfg.routing.method}
+    if routing.points is not None:
+        route["neighbors"] = routing.neighbors
+        route["points"] = registry.put_tensors(
+            {"points": torch.from_numpy(routing.points), "owner": torch.from_numpy(routing.owner)}
+        )
     test_n = sum(c["test_n"] for c in clusters)
     cur = registry.current()
     sample_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in part.sample)).encode())
@@ -205,6 +212,7 @@ def materialize(
         "cluster_fingerprint": cluster_fingerprint(cfg, backbone),
         "clustering": {"sample_count": len(part.sample), "sample_hash": sample_hash},
         "prototypes": protos_h,
+        "routing": route,
         "clusters": clusters,
         "samples": {"train": sum(c["size"] for c in clusters), "test": test_n},
         "accuracy": (sum(c["test_correct"] for c in clusters) / test_n) if test_n else None,

@@ -5,7 +5,9 @@ Exactness hinges on three choices made here:
   D minus D_u is exactly what a fresh build on D minus D_u would draw;
 - hierarchical clustering sees the sample in rank order, and clusters are named by a hash of
   their sample members and ordered by that name, so keys and order never depend on history;
-- routing is one function (``nearest``) in float64 with ties going to the first cluster.
+- assignment is one function (``nearest``) in float64 with ties going to the first cluster;
+  inputs are routed by it or by a vote of their nearest training points (``Routing``), both
+  per row, so an input's cluster never depends on what is routed with it.
 
 Bounded clusters (``max_share``): after the dendrogram is cut, a cluster whose share is
 estimated above the cap is replaced by its two children in the dendrogram, until none is.
@@ -143,6 +145,75 @@ class Router:
         cols = [self.column(p) for p in prototypes]
         d = np.stack(cols, axis=1)
         return np.argmin(d if index is None else d[index], axis=1)
+
+
+def vote(
+    features: np.ndarray,
+    points: np.ndarray,
+    owner: np.ndarray,
+    k: int,
+    allowed: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Cluster of each row by a vote of its ``k`` nearest ``points``, each voting for its
+    ``owner``; a tie goes to the tied cluster of the nearest voter. ``allowed`` limits the
+    voters to those clusters. Distances are ``sq_distances`` per row, so a row's answer never
+    depends on the other rows; equal distances go to the lower point index."""
+    f = np.atleast_2d(features).astype(np.float64)
+    pts, own = points.astype(np.float64), np.asarray(owner, dtype=np.int64)
+    if allowed is not None:
+        keep = np.isin(own, np.asarray(list(allowed), dtype=np.int64))
+        pts, own = pts[keep], own[keep]
+    if own.size == 0:
+        raise ValueError("no routing points to vote")
+    k = min(k, own.size)
+    out = np.empty(f.shape[0], dtype=np.int64)
+    for r in range(f.shape[0]):
+        voters = own[np.argsort(sq_distances(pts, f[r]), kind="stable")[:k]]
+        counts = np.bincount(voters)
+        best = counts.max()
+        out[r] = next(c for c in voters.tolist() if counts[c] == best)
+    return out
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How an input picks its cluster: the nearest prototype, or, when ``points`` is set, a
+    vote of its ``neighbors`` nearest routing points (``routing_points``)."""
+
+    prototypes: np.ndarray
+    points: np.ndarray | None = None
+    """float32 [M, F] routing points, in cluster order."""
+    owner: np.ndarray | None = None
+    """int64 [M]: the cluster of each routing point."""
+    neighbors: int = 1
+
+    def route(self, features: np.ndarray, allowed: Sequence[int] | None = None) -> np.ndarray:
+        """Cluster index of each row of ``features``, among ``allowed`` clusters if given."""
+        if self.points is None:
+            if allowed is None:
+                return nearest(features, self.prototypes)
+            idx = np.asarray(list(allowed), dtype=np.int64)
+            return idx[nearest(features, self.prototypes[idx])]
+        return vote(features, self.points, self.owner, self.neighbors, allowed)
+
+
+def routing_points(
+    part: Partition, features: dict[str, np.ndarray], seed: int, per_cluster: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training points that vote when routing by neighbors, and their clusters: each
+    cluster's members (those of lowest seeded rank, up to ``per_cluster``), in cluster and
+    then id order. A pure function of the partition, so a from-scratch build on the same data
+    stores the same points, and a forgotten sample is never among them."""
+    rows: list[np.ndarray] = []
+    owner: list[int] = []
+    for k, members in enumerate(part.members):
+        chosen = list(members)
+        if per_cluster is not None and len(chosen) > per_cluster:
+            ranked_ids = sorted(chosen, key=lambda i: (rank(seed, "routing-point", i), i))
+            chosen = sorted(ranked_ids[:per_cluster])
+        rows.extend(features[i] for i in chosen)
+        owner.extend([k] * len(chosen))
+    return np.stack(rows).astype(np.float32), np.asarray(owner, dtype=np.int64)
 
 
 # ---- the partition ------------------------------------------------------------------------

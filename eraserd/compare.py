@@ -32,12 +32,15 @@ def _tensor_diffs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dic
 def differences(current: dict, rebuilt: dict, mine: Registry, theirs: Registry) -> dict:
     """What exactly differs where two versions disagree: per tensor, the largest absolute
     difference and how many values differ; per member list, how many samples each side has
-    that the other lacks. Keys are ``prototypes`` and ``<cluster>.<field>``."""
+    that the other lacks. Keys are ``prototypes``, ``routing`` and ``<cluster>.<field>``."""
     out: dict[str, dict[str, str] | str] = {}
     if current["prototypes"] != rebuilt["prototypes"]:
         out["prototypes"] = _tensor_diffs(
             mine.get_tensors(current["prototypes"]), theirs.get_tensors(rebuilt["prototypes"])
         )
+    a_pts, b_pts = (m.get("routing", {}).get("points") for m in (current, rebuilt))
+    if a_pts and b_pts and a_pts != b_pts:
+        out["routing"] = _tensor_diffs(mine.get_tensors(a_pts), theirs.get_tensors(b_pts))
     new = {c["key"]: c for c in rebuilt["clusters"]}
     for a in current["clusters"]:
         b = new.get(a["key"])
@@ -78,8 +81,9 @@ def compare_manifests(current: dict, rebuilt: dict, details: dict | None = None)
         "cluster_fingerprint",
         "clustering",
         "prototypes",
+        "routing",
     ):
-        if current[field] != rebuilt[field]:
+        if current.get(field) != rebuilt.get(field):
             problems.append(f"{explain('', field)} differs")
     cur = {c["key"]: c for c in current["clusters"]}
     new = {c["key"]: c for c in rebuilt["clusters"]}

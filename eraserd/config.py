@@ -104,6 +104,25 @@ class ClusteringConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    method: Literal["neighbors", "prototype"] = "neighbors"
+    """How an input picks its cluster. ``neighbors``: its ``neighbors`` nearest training points
+    vote, each for its own cluster. ``prototype``: the nearest prototype (the paper's rule,
+    which is also how training points are assigned). Routing never changes what a cluster
+    trains on, so switching it needs no retraining, only a new version."""
+    neighbors: int = 5
+    """Votes per input with ``method: neighbors``; ties go to the cluster of the nearest voter."""
+    points_per_cluster: int | None = None
+    """Cap on each cluster's routing points (its members of lowest seeded rank); null keeps
+    every member. The model stores K x this many feature vectors (float32)."""
+
+    def __post_init__(self) -> None:
+        _check(self.neighbors >= 1, "neighbors must be at least 1")
+        if self.points_per_cluster is not None:
+            _check(self.points_per_cluster >= 1, "points_per_cluster must be at least 1 or null")
+
+
+@dataclass(frozen=True)
 class PromptConfig:
     width: int = 8
     """Border width in pixels at ``backbone.image_size`` (paper: 30 at 224)."""
@@ -347,6 +366,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -139,6 +139,8 @@ class Registry:
 
     def referenced(self, manifest: dict) -> set[str]:
         refs = {manifest["prototypes"]}
+        if "points" in manifest.get("routing", {}):
+            refs.add(manifest["routing"]["points"])
         for c in manifest["clusters"]:
             refs.update((c["members"], c["prompt"], c["head"]))
         return refs

@@ -19,9 +19,11 @@ from .audit import AUDIT_FILE, AuditLog, check_chain
 from .builder import Change, cluster_fingerprint, config_hash, materialize
 from .clustering import (
     Partition,
+    Routing,
     build_partition,
     merge_heights,
     remove_members,
+    routing_points,
 )
 from .compare import compare_manifests, differences
 from .config import Config
@@ -164,6 +166,13 @@ class Eraser:
             cost = replay.cost(self._rule(), part, evaluations, progress.update, self._steps)
         return cost.to_dict()
 
+    def _routing(self, part: Partition, feats: dict) -> Routing:
+        r = self.cfg.routing
+        if r.method == "prototype":
+            return Routing(part.prototypes)
+        points, owner = routing_points(part, feats, self.cfg.seed, r.points_per_cluster)
+        return Routing(part.prototypes, points, owner, r.neighbors)
+
     def _materialize(
         self,
         part: Partition,
@@ -179,6 +188,7 @@ class Eraser:
             self.registry,
             self.backbone,
             part,
+            self._routing(part, feats),
             test_feats,
             previous,
             change,

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from eraserd.clustering import (
+    Routing,
     build_partition,
     clustering_sample,
     hac_labels,
     merge_heights,
     nearest,
     remove_members,
+    routing_points,
+    vote,
 )
 from eraserd.ids import cluster_key, member_seed, private_key
 
@@ -225,3 +228,71 @@ def test_private_and_cluster_keys():
     assert c.startswith("c") and len(c) == 16
     assert cluster_key(("z", "x", "y")) == c
     assert cluster_key(["x", "y"]) != c
+
+
+# ---- routing by neighbors -----------------------------------------------------------------
+
+
+def test_vote_takes_the_majority_of_the_nearest_points():
+    points = np.array([[0.0, 0], [0.1, 0], [0.2, 0], [5.0, 0], [5.1, 0]], dtype=np.float32)
+    owner = np.array([0, 0, 0, 1, 1])
+    # Nearest point is cluster 1's, but 2 of the 3 nearest vote for cluster 0.
+    q = np.array([[2.4, 0.0], [4.0, 0.0], [0.0, 1.0]])
+    assert vote(q, points, owner, 1).tolist() == [0, 1, 0]
+    assert vote(q, points, owner, 3).tolist() == [0, 1, 0]
+    assert vote(np.array([[3.0, 0.0]]), points, owner, 3).tolist() == [1]
+    assert vote(np.array([[3.0, 0.0]]), points, owner, 5).tolist() == [0]
+
+
+def test_vote_ties_go_to_the_nearest_voter_and_equal_distances_to_the_lower_point():
+    points = np.array([[0.0], [3.0], [10.0]], dtype=np.float32)
+    owner = np.array([1, 0, 2])
+    # k=2: one vote each for clusters 1 and 0; cluster 0's voter is nearer.
+    assert vote(np.array([[2.0]]), points, owner, 2).tolist() == [0]
+    # Equidistant from points 0 and 1: point 0 (cluster 1) is first.
+    assert vote(np.array([[1.5]]), points, owner, 1).tolist() == [1]
+    assert vote(np.array([[1.5]]), points[::-1].copy(), owner[::-1].copy(), 1).tolist() == [0]
+
+
+def test_vote_is_per_row_and_respects_allowed_clusters():
+    x, labels = blobs(20)
+    rng = np.random.default_rng(3)
+    queries = x[rng.permutation(len(x))[:25]] + rng.normal(size=(25, 6)).astype(np.float32)
+    together = vote(queries, x, labels, 5)
+    alone = [int(vote(queries[i : i + 1], x, labels, 5)[0]) for i in range(len(queries))]
+    assert together.tolist() == alone
+    assert set(vote(queries, x, labels, 5, allowed=[0, 2]).tolist()) <= {0, 2}
+    with pytest.raises(ValueError, match="no routing points"):
+        vote(queries, x, labels, 5, allowed=[])
+
+
+def test_routing_without_points_is_the_nearest_prototype():
+    x, _ = blobs(10)
+    r = Routing(CENTERS.astype(np.float32))
+    assert r.route(x).tolist() == nearest(x, CENTERS).tolist()
+    # Blob 1's points (rows 10-19): cluster 1 when it is allowed, else the origin's cluster 0.
+    assert r.route(x[10:20], allowed=[2, 1]).tolist() == [1] * 10
+    assert r.route(x[10:20], allowed=[0, 2]).tolist() == [0] * 10
+
+
+def test_routing_points_are_members_and_the_cap_is_deletion_stable():
+    ids = IDS[:60]
+    feats = features_for(ids)
+    part = build_partition(ids, feats, 0, 30, None, 3)
+    points, owner = routing_points(part, feats, 0, None)
+    assert len(points) == len(ids) and points.dtype == np.float32
+    for k, members in enumerate(part.members):
+        want = np.stack([feats[i] for i in members]).astype(np.float32)
+        assert points[owner == k].tobytes() == want.tobytes()
+    capped, cowner = routing_points(part, feats, 0, 4)
+    assert np.bincount(cowner).tolist() == [min(4, len(m)) for m in part.members]
+    # Forgetting a member that is not a routing point changes no routing point.
+    chosen = {points_row.tobytes() for points_row in capped}
+    victim = next(
+        i
+        for m in part.members
+        for i in m
+        if i not in part.sample and feats[i].astype(np.float32).tobytes() not in chosen
+    )
+    again, _ = routing_points(remove_members(part, {victim}), feats, 0, 4)
+    assert again.tobytes() == capped.tobytes()

@@ -39,6 +39,7 @@ def model_view(er: Eraser) -> dict:
     return {
         "keys": [c["key"] for c in m["clusters"]],
         "prototypes": m["prototypes"],
+        "routing": m["routing"],
         "blobs": {c["key"]: (c["prompt"], c["head"]) for c in m["clusters"]},
         "members": membership(er),
         "in_sample": sorted(s["sample_id"] for s in er.samples() if s["in_clustering_sample"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import tree_bytes
 
@@ -24,7 +25,12 @@ def test_forget_leaves_no_trace_on_disk(make_config, digits_data, lite0_32):
         raw = {v["sample_id"]: er.store.read_object(store_rows[v["sample_id"]]) for v in victims}
         views = {sid: canonical_view(b, 32).numpy().tobytes() for sid, b in raw.items()}
         keys = [store_rows[sid].key for sid in raw]
-        assert len(er.store.cached_features(keys, lite0_32.feature_key)) == 3
+        feats = er.store.cached_features(keys, lite0_32.feature_key)
+        assert len(feats) == 3
+        # Routing by neighbors stores training features in the model: the victims' too.
+        feature_bytes = {k: np.asarray(f, dtype=np.float32).tobytes() for k, f in feats.items()}
+        points = er.registry.get_blob(er.registry.load()["routing"]["points"])
+        assert all(b in points for b in feature_bytes.values())
         old_blobs = {p.name for p, _ in tree_bytes(cfg.state_dir / "registry" / "blobs")}
         # Sanity: before forgetting, the search does find the traces it looks for.
         everything = b"".join(data for _, data in tree_bytes(cfg.state_dir))
@@ -40,6 +46,7 @@ def test_forget_leaves_no_trace_on_disk(make_config, digits_data, lite0_32):
         needles[f"sample id {sid}"] = sid.encode()
         needles[f"sample id {sid} (utf-16)"] = sid.encode("utf-16-le")
     needles[f"subject id {subject}"] = subject.encode()
+    needles.update({f"feature vector {k}": b for k, b in feature_bytes.items()})
     files = tree_bytes(cfg.state_dir)
     names = {p.name for p, _ in files}
     assert any(n == "store.db" for n in names)

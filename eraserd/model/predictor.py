@@ -1,4 +1,4 @@
-"""Inference: route to the nearest prototype, add that cluster's prompt, apply its head."""
+"""Inference: route to a cluster (``clustering.Routing``), add its prompt, apply its head."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..clustering import nearest
+from ..clustering import Routing
 from ..data.images import canonical_view
 from ..errors import RegistryError
 from ..registry import Registry
@@ -23,7 +23,8 @@ class Prediction:
     version: int
     probability: float
     fallback: bool = False
-    """The nearest cluster is withdrawn (``Predictor.withdraw``): the next nearest answered."""
+    """The input's cluster is withdrawn (``Predictor.withdraw``): it was routed among the
+    clusters still served."""
 
 
 class ClustersUnavailable(Exception):
@@ -37,7 +38,7 @@ class Predictor:
         self,
         backbone: Backbone,
         manifest: dict,
-        prototypes: torch.Tensor,
+        routing: Routing,
         prompts: torch.Tensor,
         weights: torch.Tensor,
         biases: torch.Tensor,
@@ -46,14 +47,14 @@ class Predictor:
         self.version = manifest["version"]
         self.classes = list(manifest["classes"])
         self.keys = [c["key"] for c in manifest["clusters"]]
-        self.prototypes = prototypes.numpy()
+        self.routing = routing
         self.prompts, self.weights, self.biases = prompts, weights, biases
         self.withdrawn: frozenset[str] = frozenset()
         self._allowed = list(range(len(self.keys)))
 
     def withdraw(self, keys) -> Predictor:
         """A snapshot of the same version that never answers with the clusters ``keys``:
-        an input routed to one goes to the nearest cluster that is still served."""
+        an input routed to one is routed again among the clusters still served."""
         out = copy.copy(self)
         out.withdrawn = frozenset(k for k in keys if k in self.keys)
         out._allowed = [i for i, k in enumerate(self.keys) if k not in out.withdrawn]
@@ -67,7 +68,15 @@ class Predictor:
                 f"version {m['version']} was built with another backbone "
                 f"({m['backbone']['name']}); rebuild or fix backbone config"
             )
-        protos = registry.get_tensors(m["prototypes"], "prototypes")["prototypes"]
+        protos = registry.get_tensors(m["prototypes"], "prototypes")["prototypes"].numpy()
+        route = m.get("routing", {"method": "prototype"})
+        if "points" in route:
+            pts = registry.get_tensors(route["points"], "routing points")
+            routing = Routing(
+                protos, pts["points"].numpy(), pts["owner"].numpy(), int(route["neighbors"])
+            )
+        else:
+            routing = Routing(protos)
         prompts, weights, biases = [], [], []
         for c in m["clusters"]:
             prompts.append(
@@ -80,7 +89,7 @@ class Predictor:
         return cls(
             backbone,
             m,
-            protos,
+            routing,
             torch.stack(prompts).to(dev),
             torch.stack(weights).to(dev),
             torch.stack(biases).to(dev),
@@ -90,12 +99,12 @@ class Predictor:
     def predict_bytes(self, data: bytes) -> Prediction:
         view = canonical_view(data, self.backbone.image_size)
         feature = self.backbone.feature(view)[None, :]
-        k = int(nearest(feature, self.prototypes)[0])
+        k = int(self.routing.route(feature)[0])
         fallback = False
         if self.withdrawn and self.keys[k] in self.withdrawn:
             if not self._allowed:
                 raise ClustersUnavailable("every cluster is withdrawn from serving")
-            k = self._allowed[int(nearest(feature, self.prototypes[self._allowed])[0])]
+            k = int(self.routing.route(feature, self._allowed)[0])
             fallback = True
         x = self.backbone.prepare_input(
             self.backbone.normalize(view.unsqueeze(0)) + self.prompts[k]
