@@ -203,13 +203,19 @@ def info(cfg, as_json: bool) -> None:
             f"weights sha256 {i['backbone']['weights_sha256'][:16]}",
             f"samples:   {i['samples']['train']} train, {i['samples']['test']} held out",
             f"clusters:  {i['clusters']} (sizes {sizes[:12]}{' ...' if len(sizes) > 12 else ''})",
-            f"accuracy:  {acc} on the held-out split",
+            f"accuracy:  {acc} on the held-out split, routed by {_routing_words(i['routing'])}",
             f"deletion cost: {_cost_line(i['cost'])}",
             f"last change: {i['change']['kind']}, {len(i['change']['retrained'])} cluster(s) "
             f"trained, {i['change']['reused']} reused",
         ]
     )
     _emit(as_json, i, text)
+
+
+def _routing_words(r: dict) -> str:
+    if r.get("method") == "neighbors":
+        return f"a vote of the {r['neighbors']} nearest training points"
+    return "the nearest prototype"
 
 
 def _cost_line(c: dict) -> str:

@@ -441,6 +441,9 @@ class Eraser:
             "clusters": len(m["clusters"]),
             "cluster_sizes": {c["key"]: c["size"] for c in m["clusters"]},
             "accuracy": m["accuracy"],
+            "routing": {
+                k: v for k, v in m.get("routing", {"method": "prototype"}).items() if k != "points"
+            },
             "change": m["change"],
             "expected_retrain_share": cost["expected_retrain_share"],
             "largest_cluster_share": cost["largest_share"],
