@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -33,7 +33,7 @@ from .data.images import API_FORMATS, ImageDecodeError, ImageTooLarge, check_ima
 from .errors import UnknownIdError
 from .idfile import id_problem
 from .model.predictor import ClustersUnavailable
-from .queue import IdempotencyConflict
+from .queue import IdempotencyConflict, RequestState, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -46,6 +46,11 @@ RETRY_AFTER_S = 30
 """``Retry-After`` of a 503 (the disk is full): a client retries the same submission."""
 
 MAX_KEY_CHARS = 200
+
+PAGE_SIZE = 50
+"""Requests per page of ``GET /v1/deletions`` when ``limit`` is not given."""
+MAX_PAGE_SIZE = 500
+MAX_CURSOR_CHARS = 200
 
 
 def _valid_id(value: str) -> str:
@@ -281,7 +286,8 @@ def create_app(daemon: Daemon) -> FastAPI:
             return _error(400, "malformed JSON body")
         first = errors[0] if errors else {}
         where = (
-            ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path")) or "body"
+            ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
+            or "body"
         )
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         return _error(422, f"{where}: {message}")
@@ -353,10 +359,55 @@ def create_app(daemon: Daemon) -> FastAPI:
         return JSONResponse(out, status_code=202 if created else 200)
 
     @app.get(
+        "/v1/deletions",
+        responses=_responses(
+            401,
+            422,
+            ok={200: "`requests` (newest first) and `next_cursor` (null on the last page)."},
+            why={
+                422: "An unknown state (the message lists the states), a limit outside "
+                f"1-{MAX_PAGE_SIZE}, or a cursor this API did not return."
+            },
+        ),
+    )
+    def list_requests(
+        state: Annotated[
+            RequestState | None, Query(description="Only requests in this state.")
+        ] = None,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_PAGE_SIZE, description="Requests per page.")
+        ] = PAGE_SIZE,
+        cursor: Annotated[
+            str | None,
+            Query(
+                max_length=MAX_CURSOR_CHARS,
+                description="The previous page's `next_cursor`, as it came.",
+            ),
+        ] = None,
+    ):
+        """Deletion requests, newest first (submission time, then id), a page at a time.
+
+        Keyset paging: a request submitted while a client pages is never shifted into a later
+        page, so each request shows up once. Items have the fields of
+        ``GET /v1/deletions/{id}`` without the pending ``plan``.
+        """
+        try:
+            after = None if cursor is None else decode_cursor(cursor)
+        except ValueError as exc:
+            return _error(422, f"cursor: {exc}")
+        page = daemon.requests(None if state is None else state.value, limit, after)
+        return {
+            "requests": [r.to_dict() for r in page.requests],
+            "next_cursor": None if page.after is None else encode_cursor(page.after),
+        }
+
+    @app.get(
         "/v1/deletions/{request_id}",
         responses=_responses(401, 404, 422, why={422: "A request id over 200 characters."}),
     )
     def get_request(request_id: Annotated[str, PathParam(max_length=200)]):
+        """The request; while it is pending, also its ``plan``: the clusters it will retrain
+        and the expected cost, in the current version (see the README)."""
         out = daemon.request(request_id)
         if out is None:
             return _error(404, f"no deletion request {request_id!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,13 @@ from .errors import (
     UnknownIdError,
     UnknownRequestError,
 )
+
+
+def deletions_path(state: str | None, limit: int | None, cursor: str | None) -> str:
+    """The path of one page of ``GET /v1/deletions``."""
+    params = {"state": state, "limit": limit, "cursor": cursor}
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    return "/v1/deletions" + (f"?{query}" if query else "")
 
 
 def base_url(host: str, port: int) -> str:
@@ -88,6 +96,23 @@ class Client:
             raise DaemonError(
                 f"{self.url}{path}: the reply is not JSON (is this an eraserd daemon?)"
             ) from None
+
+    def deletions(
+        self, state: str | None, limit: int | None, follow: bool
+    ) -> tuple[list[dict], bool]:
+        """Requests, newest first: one page, or with ``follow`` every page (following
+        ``next_cursor``); and whether more are left."""
+        found: list[dict] = []
+        cursor = None
+        while True:
+            page = self.call("GET", deletions_path(state, limit, cursor))
+            found.extend(page["requests"])
+            after = page.get("next_cursor")
+            if after is not None and after == cursor:
+                raise DaemonError("the daemon returned the same next_cursor twice")
+            cursor = after
+            if not (follow and cursor):
+                return found, cursor is not None
 
 
 def _http_error(exc: urllib.error.HTTPError) -> EraserdError:

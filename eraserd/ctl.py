@@ -29,6 +29,7 @@ from .errors import (
     error_json,
 )
 from .idfile import read_ids
+from .queue import RequestState
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -88,6 +89,25 @@ def _client_options(fn):
 
 def _ago(ts: float | None, now: float) -> str:
     return "-" if ts is None else f"{now - ts:.0f}s ago"
+
+
+def age(seconds: float) -> str:
+    """A short age: seconds up to 2 minutes, then whole minutes, hours (from 2 h) or days
+    (from 2 d): ``45s``, ``12m``, ``5h``, ``3d``."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _list_line(r: dict, now: float) -> str:
+    """One request of ``eraserctl list``: id, state, samples, age, version once published."""
+    cols = [r["id"], r["state"], f"{r['samples']} sample(s)"]
+    cols.append(f"submitted {age(now - r['created_at'])} ago")
+    if r.get("version") is not None:
+        cols.append(f"version {r['version']}")
+    return "\t".join(cols)
 
 
 def _describe(r: dict, now: float) -> str:
@@ -215,6 +235,36 @@ def status(client: Client, as_json: bool, request_id: str | None) -> None:
             + f", next attempt in {r['next_attempt_in_s']:.0f}s"
         )
     click.echo("\n".join(lines))
+
+
+@main.command("list")
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in RequestState]),
+    help="Only requests in this state.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Requests per page (the daemon allows up to 500).",
+)
+@click.option("--all", "follow", is_flag=True, help="Follow the pages to the last request.")
+@_client_options
+def list_requests(
+    client: Client, as_json: bool, state: str | None, limit: int, follow: bool
+) -> None:
+    """Deletion requests, newest first: one line each (one page unless --all)."""
+    found, more = client.deletions(state, limit, follow)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    else:
+        now = time.time()
+        lines = [_list_line(r, now) for r in found]
+        click.echo("\n".join(lines) if lines else f"no {state + ' ' if state else ''}requests")
+    if more:
+        click.echo(f"eraserctl: more than {limit} request(s): pass --all for every page", err=True)
 
 
 @main.command()

@@ -37,7 +37,8 @@ from .fsutil import atomic_write
 from .locking import StateLock
 from .metrics import DaemonMetrics, DaemonState, ModelFacts, QueueView
 from .model.predictor import Predictor
-from .queue import BatchState, Queue
+from .pending import PlanCache
+from .queue import PENDING, BatchState, Page, Position, Queue
 from .service import Eraser
 from .withdrawn import Withheld, withdrawn_clusters
 
@@ -89,6 +90,7 @@ class Daemon:
             self.queue_view = QueueView(cfg.state_dir / "queue.db")
             self.reader = Store(cfg.state_dir, readonly=True)
             self._reader_lock = threading.Lock()
+            self.plans = PlanCache(self.eraser.registry)
             self.token = load_or_create_token(cfg.token_path)
             self.audit = AuditLog(cfg.state_dir / AUDIT_FILE, writer=True)
             # Purge what a published version dropped but a crash left in the store, and
@@ -479,8 +481,35 @@ class Daemon:
         return out, created
 
     def request(self, rid: str) -> dict | None:
+        """A request's fields; a pending one's also its ``plan`` (``pending.py``)."""
         req = self.queue.get(rid)
-        return req.to_dict() if req else None
+        if req is None:
+            return None
+        out = req.to_dict()
+        if req.state in {s.value for s in PENDING}:
+            out["plan"] = self.plan(rid)
+        return out
+
+    def requests(self, state: str | None, limit: int, after: Position | None) -> Page:
+        """A page of requests, newest first (``Queue.page``)."""
+        return self.queue.page(state, limit, after)
+
+    def plan(self, rid: str) -> dict | None:
+        """What a pending request will retrain in the current version; None once its ids
+        are erased (it was just published or failed) or the version cannot be read."""
+        samples, subjects = self.queue.items(rid)
+        if not samples and not subjects:
+            return None
+        with self._reader_lock:
+            rows, _, _ = self.reader.classify(samples, subjects)
+        try:
+            return self.plans.plan(r.key for r in rows)
+        except EraserdError as exc:  # e.g. a version collected while it was being read
+            log.warning(
+                "no plan for a pending request",
+                extra={"fields": {"request": rid, "error": type(exc).__name__}},
+            )
+            return None
 
     def flush(self) -> dict:
         pending = self.queue.pending()

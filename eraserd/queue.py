@@ -17,10 +17,12 @@ together; the daemon tries the same batch again. Attempts never turn into failur
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import sqlite3
 import threading
@@ -76,6 +78,9 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state);
 CREATE INDEX IF NOT EXISTS requests_created ON requests(created_at);
 CREATE INDEX IF NOT EXISTS requests_batch ON requests(batch_id);
+-- Listing pages (GET /v1/deletions): newest first, keyset on (created_at, id), by state or not.
+CREATE INDEX IF NOT EXISTS requests_listing ON requests(created_at, id);
+CREATE INDEX IF NOT EXISTS requests_state_listing ON requests(state, created_at, id);
 CREATE TABLE IF NOT EXISTS items (
     request_id TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('sample', 'subject')),
@@ -131,6 +136,41 @@ class Pending:
 
 class IdempotencyConflict(Exception):
     """An idempotency key was reused with a different request body."""
+
+
+Position = tuple[float, str]
+"""Where a request sits in the listing order: (created_at, id)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the listing, newest first."""
+
+    requests: list[DeletionRequest]
+    after: Position | None
+    """The last request's position, where the next page starts; None on the last page."""
+
+
+def encode_cursor(position: Position) -> str:
+    """An opaque, URL-safe cursor for a listing position."""
+    raw = json.dumps(list(position), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Position:
+    """The position ``encode_cursor`` wrote; ValueError for anything else."""
+    try:
+        created_at, rid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        created_at = rid = None
+    if (
+        isinstance(created_at, bool)
+        or not isinstance(created_at, int | float)
+        or not math.isfinite(created_at)
+        or not isinstance(rid, str)
+    ):
+        raise ValueError("not a cursor this API returned (pass next_cursor as it came)")
+    return float(created_at), rid
 
 
 _REQUEST_COLS = (
@@ -257,6 +297,36 @@ class Queue:
     def get(self, rid: str) -> DeletionRequest | None:
         with self._lock:
             return self._get(rid)
+
+    def items(self, rid: str) -> tuple[list[str], list[str]]:
+        """A request's own sample and subject ids: empty once it is published or failed."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, ident FROM items WHERE request_id = ? ORDER BY kind, ident", (rid,)
+            ).fetchall()
+        return [i for k, i in rows if k == "sample"], [i for k, i in rows if k == "subject"]
+
+    def page(self, state: str | None, limit: int, after: Position | None = None) -> Page:
+        """Up to ``limit`` requests, of one ``state`` or all, newest first ((created_at, id)
+        descending), from just after ``after``. Keyset paging on an index: a page reads its
+        own rows only, and requests submitted meanwhile never shift the later pages."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            args.extend(after)
+        sql = (
+            f"SELECT {_REQUEST_COLS} FROM requests"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
+        found = [DeletionRequest(*r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(found, (found[-1].created_at, found[-1].id) if more else None)
 
     def pending(self) -> Pending:
         with self._lock:
