@@ -101,11 +101,13 @@ class Predictor:
         feature = self.backbone.feature(view)[None, :]
         k = int(self.routing.route(feature)[0])
         fallback = False
-        if self.withdrawn and self.keys[k] in self.withdrawn:
+        if self.withdrawn:
             if not self._allowed:
                 raise ClustersUnavailable("every cluster is withdrawn from serving")
+            # Route among the served clusters only, so a withdrawn cluster's members do not
+            # even vote: the answer is what it would be without them.
+            fallback = self.keys[k] in self.withdrawn
             k = int(self.routing.route(feature, self._allowed)[0])
-            fallback = True
         x = self.backbone.prepare_input(
             self.backbone.normalize(view.unsqueeze(0)) + self.prompts[k]
         )
