@@ -1,8 +1,9 @@
 """HTTP control API (FastAPI). Thin: validation and errors here, work in ``Daemon``.
 
 Every error is JSON: ``{"error": {"status": 422, "message": "...", ...}}``. Only
-``/healthz``, ``/metrics`` (Prometheus scrapes carry no token) and the OpenAPI schema are
-served without the bearer token.
+``/healthz``, ``/metrics`` (Prometheus scrapes carry no token), the OpenAPI schema and ``/docs``
+(a self-contained page, ``apidocs.py``) are served without the bearer token; the schema
+declares the token (HTTP bearer) on every other operation.
 
 Hostile input is refused before it costs anything: a request body is read whole, within
 ``daemon.max_body_bytes`` (413) and ``daemon.body_timeout_s`` (408), before any route runs;
@@ -23,12 +24,12 @@ import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from . import __version__
+from . import __version__, apidocs
 from .data.images import API_FORMATS, ImageDecodeError, ImageTooLarge, check_image_limits
 from .errors import UnknownIdError
 from .idfile import id_problem
@@ -40,7 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eraserd.api")
 
-PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs"}
+
+BEARER = "bearer"
+"""The OpenAPI security scheme of the token: ``Authorization: Bearer <token>``."""
+_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 RETRY_AFTER_S = 30
 """``Retry-After`` of a 503 (the disk is full): a client retries the same submission."""
@@ -250,12 +255,39 @@ PREDICT_BODY = {
 }
 
 
+def with_bearer(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare the bearer token as an HTTP bearer security scheme, required by every
+    operation outside ``PUBLIC`` (so that OpenAPI tools can send it). Changes ``schema``."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes[BEARER] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The token in daemon.token_file (default: state_dir/api-token).",
+    }
+    for path, item in schema.get("paths", {}).items():
+        if path not in PUBLIC:
+            for method, op in item.items():
+                if method in _METHODS:
+                    op["security"] = [{BEARER: []}]
+    return schema
+
+
 def create_app(daemon: Daemon) -> FastAPI:
     app = FastAPI(
         title="eraserd",
         version=__version__,
         description="Exact machine unlearning: deletion queue and predictions.",
+        docs_url=None,  # Swagger UI from a CDN; ``/docs`` below works offline
+        redoc_url=None,
     )
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            with_bearer(generate())  # generate() caches its schema in app.openapi_schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     limits = daemon.cfg.daemon
 
     # Added first, so it runs inside ``auth``: a request without a valid token is refused
@@ -318,6 +350,10 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.get("/healthz", responses=_responses())
     def healthz() -> dict:
         return {"ok": True, "version": daemon.predictor.version}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(apidocs.PAGE, headers={"Content-Security-Policy": apidocs.CSP})
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -25,6 +25,7 @@ from .config import load_config
 from .errors import ERROR, EraserdError, error_json
 from .idfile import read_ids
 from .locking import StateLock
+from .logs import LEVELS as LOG_LEVELS
 
 
 def _emit(as_json: bool, payload, text: str) -> None:
@@ -282,8 +283,14 @@ def predict(cfg, as_json: bool, images) -> None:
 
 
 @main.command()
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Least severity logged (default: daemon.log_level, info); debug adds an access log.",
+)
 @command
-def run(cfg, as_json: bool) -> None:
+def run(cfg, as_json: bool, log_level: str | None) -> None:
     """Serve: build a model if none exists, then run the deletion daemon and control API."""
     import uvicorn
 
@@ -292,7 +299,8 @@ def run(cfg, as_json: bool) -> None:
     from .daemon import Daemon
 
     _Server = _server_class()
-    logs.configure(cfg.daemon.log_json or as_json)
+    level = (log_level or cfg.daemon.log_level).lower()
+    logs.configure(cfg.daemon.log_json or as_json, level)
     sock = _listen(cfg)  # before the lock and any build: a taken port fails at once
     daemon = Daemon(cfg)
     app = create_app(daemon)
@@ -301,8 +309,9 @@ def run(cfg, as_json: bool) -> None:
             app,
             host=cfg.daemon.host,
             port=cfg.daemon.port,
-            log_level="warning",
-            access_log=False,
+            log_config=None,  # uvicorn logs through eraserd's handler (``logs.configure``)
+            log_level=logs.server_log_level(level),
+            access_log=logs.access_log(level),
             lifespan="off",
         )
     )

@@ -300,6 +300,9 @@ class DaemonConfig:
     token_file: Path | None = None
     """Bearer token file (0600), created on first start. Default: ``state_dir/api-token``."""
     log_json: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severity logged; ``debug`` adds uvicorn's access log. ``eraserd run --log-level``
+    overrides it."""
     rate_horizon_s: float = 3600.0
     """Look-back of the deletion-rate estimate (the Poisson model's rate) in ``/metrics``."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -124,6 +125,55 @@ def _describe(r: dict, now: float) -> str:
     return line
 
 
+PIPELINE = tuple(s.value for s in RequestState if s is not RequestState.FAILED)
+"""A request's states on the way to ``published`` (``failed`` may end any of them)."""
+
+
+def _clock(seconds: float) -> str:
+    """Elapsed time that ticks every second: ``7s``, ``2m05s``, ``1h02m09s``."""
+    h, rest = divmod(int(max(0.0, seconds)), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def wait_line(r: dict, elapsed: float) -> str:
+    """The ``submit-deletion --wait`` status line: the request's states so far, the current
+    one in brackets, then the time waited, e.g.
+    ``del_1: received → queued → [batched] → retuning → published  12s``."""
+    state = r["state"]
+    if state in PIPELINE:
+        shown = " → ".join(f"[{s}]" if s == state else s for s in PIPELINE)
+    else:  # failed, or a state this client does not know
+        shown = f"[{state}]"
+    attempts = r.get("attempts") or 0
+    retry = f", attempt {attempts}" if attempts > 1 and state not in TERMINAL else ""
+    return f"{r['id']}: {shown}  {_clock(elapsed)}{retry}"
+
+
+def _status_line(text: str) -> None:
+    """Rewrite the terminal's current line on stderr with ``text`` (cut to the width, so
+    that it never wraps); an empty ``text`` erases it."""
+    width = max(1, shutil.get_terminal_size().columns - 1)
+    sys.stderr.write("\r" + text[:width] + "\x1b[K")
+    sys.stderr.flush()
+
+
+def _wait(client: Client, r: dict, timeout: float, show: bool) -> dict:
+    """Poll the request until it is published or failed, or ``timeout`` runs out. ``show``:
+    a status line on stderr (``wait_line``), rewritten each poll and erased at the end."""
+    start = time.monotonic()
+    try:
+        while r["state"] not in TERMINAL and time.monotonic() < start + timeout:
+            if show:
+                _status_line(wait_line(r, time.monotonic() - start))
+            time.sleep(0.5)
+            r = {**r, **client.call("GET", f"/v1/deletions/{r['id']}")}
+    finally:
+        if show:
+            _status_line("")
+    return r
+
+
 @click.group(cls=Group)
 @click.version_option(__version__, prog_name="eraserctl")
 def main() -> None:
@@ -140,7 +190,11 @@ def main() -> None:
 )
 @click.option("--idempotency-key", help="Resubmitting with this key returns the same request.")
 @click.option("--deadline", help="Duration (72h, 30m) or ISO 8601 time; default from config.")
-@click.option("--wait", is_flag=True, help="Wait until the request is published or failed.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait until the request is published or failed (on a terminal, with its state).",
+)
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to --wait.")
 @_client_options
 def submit_deletion(
@@ -165,10 +219,7 @@ def submit_deletion(
         body["deadline"] = parse_deadline(deadline, time.time())
     r = client.call("POST", "/v1/deletions", body)
     if wait:
-        end = time.monotonic() + timeout
-        while r["state"] not in TERMINAL and time.monotonic() < end:
-            time.sleep(0.5)
-            r = {**r, **client.call("GET", f"/v1/deletions/{r['id']}")}
+        r = _wait(client, r, timeout, show=not as_json and sys.stderr.isatty())
     now = time.time()
     notes = (
         [f"already forgotten: {', '.join(r['already_forgotten_ids'])}"]

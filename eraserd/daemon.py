@@ -178,6 +178,7 @@ class Daemon:
             self.request_flush(reason)
 
     def request_flush(self, reason: str) -> None:
+        log.debug("flush requested", extra={"fields": {"reason": reason}})
         self._reason = self._reason or reason
         self._wake.set()
 

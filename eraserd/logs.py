@@ -38,10 +38,32 @@ class _Json(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure(as_json: bool, level: int = logging.INFO) -> None:
+LEVELS = ("debug", "info", "warning", "error")
+"""``daemon.log_level`` and ``eraserd run --log-level``: the least severity logged."""
+
+
+def server_log_level(level: str) -> str:
+    """uvicorn's level for eraserd's ``level``: its startup lines stay off at ``info`` (the
+    banner says where eraserd listens); ``debug`` shows them and its access log."""
+    return level if level in ("debug", "error") else "warning"
+
+
+def access_log(level: str) -> bool:
+    """uvicorn's access log (one line per HTTP request, path included) only at ``debug``."""
+    return level == "debug"
+
+
+def configure(as_json: bool, level: str = "info") -> None:
+    """One stderr handler for eraserd's loggers and uvicorn's (``uvicorn.error``, and
+    ``uvicorn.access`` when it is on); eraserd's log at ``level``. Pass uvicorn
+    ``log_config=None``, ``log_level=server_log_level(level)`` and
+    ``access_log=access_log(level)``, so that it keeps this handler."""
+    if level not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Json() if as_json else _Text())
-    root = logging.getLogger("eraserd")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    for name in ("eraserd", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("eraserd").setLevel(level.upper())

@@ -59,9 +59,15 @@ class DaemonProc:
     ``patience.py``), not after a fixed time: ``timeout`` is how long it may go without
     using any CPU."""
 
-    def __init__(self, config: Path, crashpoint: str | None = None, **faults: str):
-        """``crashpoint``: SIGKILL at that point; ``faults``: more ``eraserd.faults``
-        variables, e.g. ``ERASERD_FAULT="purging"``."""
+    def __init__(
+        self,
+        config: Path,
+        crashpoint: str | None = None,
+        args: tuple[str, ...] = (),
+        **faults: str,
+    ):
+        """``crashpoint``: SIGKILL at that point; ``args``: more ``eraserd run`` options;
+        ``faults``: more ``eraserd.faults`` variables, e.g. ``ERASERD_FAULT="purging"``."""
         self.config = config
         cfg = yaml.safe_load(config.read_text())
         self.url = f"http://127.0.0.1:{cfg['daemon']['port']}"
@@ -72,7 +78,7 @@ class DaemonProc:
         env.update(faults)
         self.log = open(config.parent / "daemon.log", "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "eraserd"), "run", "--config", str(config)],
+            [str(BIN / "eraserd"), "run", "--config", str(config), *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,
