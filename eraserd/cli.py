@@ -252,14 +252,18 @@ def predict(cfg, as_json: bool, images) -> None:
     """Classify image files with the current version."""
     from .data.images import ImageDecodeError
 
+    data = []
+    for path in images:  # before the backbone loads: a missing file fails at once
+        try:
+            data.append((path, path.read_bytes()))
+        except OSError as exc:
+            raise EraserdError(f"{path}: cannot read: {exc.strerror}") from None
     with _eraser(cfg) as er:
         pred = er.predictor()
         out = []
-        for path in images:
+        for path, raw in data:
             try:
-                p = pred.predict_bytes(path.read_bytes())
-            except OSError as exc:
-                raise EraserdError(f"{path}: cannot read: {exc.strerror}") from None
+                p = pred.predict_bytes(raw)
             except ImageDecodeError as exc:
                 raise EraserdError(f"{path}: not a readable image ({exc})") from None
             out.append(

@@ -192,6 +192,15 @@ def test_missing_data_path(tmp_path):
     assert not (tmp_path / "state" / "registry").exists()
 
 
+def test_predict_checks_its_files_before_loading_a_model(tmp_path):
+    """A missing image is reported as such, before the backbone loads or a model is needed:
+    this state dir has no model at all, which would otherwise be exit 5."""
+    cfg = write_config(tmp_path / "c.yaml", small_raw(tmp_path / "state", tmp_path / "nope"))
+    bad = run("predict", "--config", cfg, "--json", str(tmp_path / "missing.png"), check=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "missing.png: cannot read" in json.loads(bad.stdout)["error"]
+
+
 @pytest.mark.slow
 def test_unknown_or_forgotten_ids_change_nothing(copy):
     state = copy.parent / "state"
