@@ -159,7 +159,8 @@ def vote(
     voters to those clusters. Distances are ``sq_distances`` per row, so a row's answer never
     depends on the other rows; equal distances go to the lower point index."""
     f = np.atleast_2d(features).astype(np.float64)
-    pts, own = points.astype(np.float64), np.asarray(owner, dtype=np.int64)
+    pts = np.asarray(points, dtype=np.float64)  # no copy when the caller keeps float64
+    own = np.asarray(owner, dtype=np.int64)
     if allowed is not None:
         keep = np.isin(own, np.asarray(list(allowed), dtype=np.int64))
         pts, own = pts[keep], own[keep]
@@ -182,7 +183,8 @@ class Routing:
 
     prototypes: np.ndarray
     points: np.ndarray | None = None
-    """float32 [M, F] routing points, in cluster order."""
+    """[M, F] routing points, in cluster order: float32 as stored, or float64 (the values
+    widened once, as a server keeps them, so that routing an input copies nothing)."""
     owner: np.ndarray | None = None
     """int64 [M]: the cluster of each routing point."""
     neighbors: int = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -73,7 +74,10 @@ class Predictor:
         if "points" in route:
             pts = registry.get_tensors(route["points"], "routing points")
             routing = Routing(
-                protos, pts["points"].numpy(), pts["owner"].numpy(), int(route["neighbors"])
+                protos,
+                pts["points"].numpy().astype(np.float64),
+                pts["owner"].numpy(),
+                int(route["neighbors"]),
             )
         else:
             routing = Routing(protos)
