@@ -22,7 +22,7 @@ import click
 from . import __version__, progress
 from .cliutil import Group
 from .config import load_config
-from .errors import ERROR, EraserdError, error_json
+from .errors import ERROR, EraserdError, RegistryError, error_json
 from .idfile import read_ids
 from .locking import StateLock
 from .logs import LEVELS as LOG_LEVELS
@@ -64,9 +64,19 @@ def raise_error(message: str) -> None:
     raise EraserdError(message)
 
 
-def _eraser(cfg):
+def _require_model(cfg) -> None:
+    """Commands that read a model fail before they create anything in a new ``state_dir``."""
+    from .registry import Registry
+
+    if Registry(cfg.state_dir).current() is None:
+        raise RegistryError(f"no model yet in {cfg.state_dir}: run `eraserd build` first")
+
+
+def _eraser(cfg, need_model: bool = True):
     from .service import Eraser
 
+    if need_model:
+        _require_model(cfg)
     return Eraser(cfg)
 
 
@@ -82,7 +92,7 @@ def main() -> None:
 @command
 def build(cfg, as_json: bool, if_missing: bool, force: bool) -> None:
     """Ingest the private data (once) and build a model from scratch."""
-    with StateLock(cfg.state_dir, "eraserd build"), _eraser(cfg) as er:
+    with StateLock(cfg.state_dir, "eraserd build"), _eraser(cfg, need_model=False) as er:
         if er.has_model() and not force:
             if if_missing:
                 cur = er.registry.current()
@@ -129,6 +139,7 @@ def forget(cfg, as_json: bool, sample_ids, subject_ids, from_file) -> None:
     samples, subjects = list(sample_ids) + more_samples, list(subject_ids) + more_subjects
     if not samples and not subjects:
         raise_error("name at least one --sample-id, --subject-id or --from-file")
+    _require_model(cfg)
     with StateLock(cfg.state_dir, "eraserd forget"), _eraser(cfg) as er:
         r = er.forget(samples, subjects)
     _emit(
@@ -231,15 +242,19 @@ def _cost_line(c: dict) -> str:
 
 
 @main.command()
-@click.option("--cluster", default=None, help="Only samples of this cluster key.")
+@click.option(
+    "--cluster", default=None, help="Only samples of this cluster key; '-' for held-out ones."
+)
 @command
 def samples(cfg, as_json: bool, cluster) -> None:
     """List samples: id, subject, split, cluster, and whether in the clustering sample."""
+    from .service import HELD_OUT
+
     with _eraser(cfg) as er:
         rows = er.samples(cluster)
     text = "\n".join(
         f"{r['sample_id']}\t{r['subject_id'] or '-'}\t{r['split']}\t"
-        f"{r['cluster'] or '-'}\t{'sample' if r['in_clustering_sample'] else ''}"
+        f"{r['cluster'] or HELD_OUT}\t{'sample' if r['in_clustering_sample'] else '-'}"
         for r in rows
     )
     _emit(as_json, rows, text)
@@ -455,7 +470,7 @@ def _share(value) -> str:
 @command
 def thresholds(cfg, as_json: bool, points: int, caps, evaluations: int) -> None:
     """Candidate thresholds and caps: clusters, largest share, cost per deletion."""
-    with _eraser(cfg) as er:
+    with _eraser(cfg, need_model=False) as er:
         table = er.threshold_table(points, caps, evaluations)
     lines = [
         f"{'threshold':>10} {'cap':>6} {'clusters':>8} {'largest':>8} {'retrain/del':>11} "

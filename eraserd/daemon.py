@@ -70,7 +70,6 @@ class Daemon:
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.clock = clock
-        self.started_at = clock()
         self._lock = StateLock(cfg.state_dir, "eraserd run").acquire()
         try:
             self.eraser = Eraser(cfg)
@@ -101,6 +100,8 @@ class Daemon:
             self.predictor = self._serving()
             self.predicted_s = float(current["change"].get("seconds") or 60.0)
             self.model = ModelFacts.from_manifest(current)
+            self.started_at = clock()
+            """When the daemon is ready to serve: uptime leaves out a first build."""
             self.metrics = DaemonMetrics(cfg, self.metrics_state, __version__, self.model)
         except BaseException:
             self._lock.release()

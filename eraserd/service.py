@@ -41,6 +41,9 @@ from .registry import Registry
 from .training.engine import configure_torch
 from .withdrawn import Withheld, withdrawn_clusters
 
+HELD_OUT = "-"
+"""The cluster column of a held-out sample, and ``samples(cluster=...)``'s name for them."""
+
 log = logging.getLogger("eraserd.service")
 
 
@@ -457,14 +460,19 @@ class Eraser:
         return self._cost(part, train, ensure_features(self.store, self.backbone, train))
 
     def samples(self, cluster: str | None = None) -> list[dict]:
+        """Live samples, all or one cluster's; ``cluster="-"`` selects the held-out ones."""
         m = self.registry.load()
-        if cluster is not None and cluster not in {c["key"] for c in m["clusters"]}:
-            raise RegistryError(f"no cluster {cluster!r} in version {m['version']}")
+        keys = {c["key"] for c in m["clusters"]}
+        if cluster is not None and cluster != HELD_OUT and cluster not in keys:
+            raise RegistryError(
+                f"no cluster {cluster!r} in version {m['version']} "
+                f"(use {HELD_OUT!r} for held-out samples)"
+            )
         part = self.current_partition(m)
         where, out = part.cluster_of(), []
         for r in self.store.rows():
             key = part.keys[where[r.sample_id]] if r.sample_id in where else None
-            if cluster is None or key == cluster:
+            if cluster is None or key == cluster or (cluster == HELD_OUT and key is None):
                 out.append(
                     {
                         "sample_id": r.sample_id,

@@ -76,6 +76,13 @@ def test_build_info_samples_predict_forget_verify(copy, digits_data):
     key = next(r["cluster"] for r in rows if r["cluster"])
     only = json.loads(run("samples", "--config", copy, "--cluster", key, "--json").stdout)
     assert only and all(r["cluster"] == key for r in only)
+    held = json.loads(run("samples", "--config", copy, "--cluster", "-", "--json").stdout)
+    assert held == [r for r in rows if r["split"] == "test"] and held
+    lines = run("samples", "--config", copy).stdout.splitlines()
+    assert len(lines) == 240 and all(len(line.split("\t")) == 5 for line in lines)
+    assert all(line.split("\t")[4] in ("sample", "-") for line in lines)
+    bad = run("samples", "--config", copy, "--cluster", "nope", check=False)
+    assert bad.returncode == 5 and "'-' for held-out samples" in bad.stderr
 
     preds = json.loads(
         run(
@@ -248,3 +255,34 @@ def test_python_dash_m_runs_the_same_commands():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("Usage: eraserd ")
     assert "verify" in out.stdout and "run" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["info"],
+        ["samples"],
+        ["samples", "--cluster", "-"],
+        ["predict", "IMAGE"],
+        ["verify"],
+        ["audit", "verify"],
+        ["plan", "--rate", "5/h", "--deadline", "72h"],
+        ["simulate", "--rate", "5/h"],
+        ["forget", "--sample-id", "s0001"],
+    ],
+)
+def test_a_command_that_needs_a_model_creates_nothing_in_a_new_state_dir(
+    tmp_path, digits_data, command
+):
+    from click.testing import CliRunner
+
+    from eraserd.cli import main
+
+    config = write_config(
+        tmp_path / "config.yaml", small_raw(tmp_path / "state", digits_data / "manifest.csv")
+    )
+    args = [str(digits_data / "img/0000.png") if a == "IMAGE" else a for a in command]
+    out = CliRunner().invoke(main, [*args, "--config", str(config)])
+    assert out.exit_code == 5, out.output
+    assert f"no model yet in {tmp_path / 'state'}: run `eraserd build` first" in out.output
+    assert not (tmp_path / "state").exists()
