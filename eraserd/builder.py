@@ -1,15 +1,17 @@
 """Turn a partition into a registry version: train what changed, reuse what did not.
 
-Reuse is content-addressed. A cluster's prompt and head are a pure function of (its member
-set, the training fingerprint), so a cluster whose membership blob and fingerprint match a
-cluster of the previous version keeps that cluster's blobs byte for byte; every other cluster
-is trained from scratch. Build and forget both go through ``materialize``.
+A cluster's prompt and head are a pure function of (its member set, the training
+fingerprint). Which clusters of a forget keep their previous blobs byte for byte is decided by
+``unlearning.decide`` and passed in as ``reuse``; ``materialize`` checks that each reused
+cluster's member set and training fingerprint are indeed unchanged, and trains every other
+cluster from scratch. Build and forget both go through ``materialize``.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -104,15 +106,21 @@ def materialize(
     previous: dict | None,
     change: Change,
     executor: Executor,
+    reuse: Mapping[str, str] | None = None,
 ) -> dict:
-    """Write every blob of the new version and return its manifest (not yet current)."""
+    """Write every blob of the new version and return its manifest (not yet current).
+
+    ``reuse`` maps a cluster key of ``part`` to the key of the ``previous`` cluster whose
+    prompt and head it keeps (``unlearning.Decision.reuse``); every other cluster is trained.
+    """
     started = time.perf_counter()
     classes = store.classes()
     by_id = {r.sample_id: r for r in store.rows()}
     fp_train = train_fingerprint(cfg, backbone, classes, executor.device_kind())
-    reusable = {}
-    if previous is not None and previous["train_fingerprint"] == fp_train:
-        reusable = {_member_set(registry, c): c for c in previous["clusters"]}
+    reuse = dict(reuse or {})
+    if reuse and (previous is None or previous["train_fingerprint"] != fp_train):
+        raise ValueError("clusters can be reused only from a previous version trained alike")
+    before = {c["key"]: c for c in previous["clusters"]} if reuse and previous else {}
 
     test_ids = sorted(test_features)
     routed: list[list[str]] = [[] for _ in part.keys]
@@ -135,7 +143,10 @@ def materialize(
         )
         mset = member_set_hash(member_keys)
         test_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in routed[k])).encode())
-        plans.append((k, key, members, mblob, mset, test_hash, reusable.get(mset)))
+        old = before[reuse[key]] if key in reuse else None
+        if old is not None and _member_set(registry, old) != mset:
+            raise ValueError(f"cluster {key}: reused from {old['key']}, whose members differ")
+        plans.append((k, key, members, mblob, mset, test_hash, old))
 
     jobs = []
     for _, key, members, _, _, _, old in plans:

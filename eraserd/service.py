@@ -9,20 +9,18 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .audit import AUDIT_FILE, AuditLog, check_chain
-from .builder import Change, cluster_fingerprint, config_hash, materialize
+from .builder import Change, cluster_fingerprint, config_hash, materialize, train_fingerprint
 from .clustering import (
     Partition,
     Routing,
-    build_partition,
     merge_heights,
-    remove_members,
     routing_points,
 )
 from .compare import compare_manifests, differences
@@ -39,6 +37,7 @@ from .model.predictor import Predictor
 from .progress import bar
 from .registry import Registry
 from .training.engine import configure_torch
+from .unlearning import Settings, decide
 from .withdrawn import Withheld, withdrawn_clusters
 
 HELD_OUT = "-"
@@ -118,29 +117,14 @@ class Eraser:
         if not train:
             raise DataError("the store holds no training samples")
         feats = ensure_features(self.store, self.backbone, train + test)
-        part = self._cluster(train, feats)
+        part = Settings.of(self.cfg).partition([r.sample_id for r in train], feats)
         change = Change("build", cost=self._cost(part, train, feats))
         manifest = self._materialize(part, feats, test, None, change)
         self._publish(manifest)
         return manifest
 
-    def _cluster(self, train: list[SampleRow], feats: dict[str, np.ndarray]) -> Partition:
-        c = self.cfg.clustering
-        ids = [r.sample_id for r in train]
-        return build_partition(
-            ids,
-            feats,
-            self.cfg.seed,
-            c.sample_size,
-            c.distance_threshold,
-            c.n_clusters,
-            c.max_cluster_share,
-            c.min_cluster_points,
-        )
-
     def _rule(self) -> Rule:
-        c = self.cfg.clustering
-        return Rule(c.distance_threshold, c.n_clusters, c.max_cluster_share, c.min_cluster_points)
+        return Settings.of(self.cfg).rule
 
     def _steps(self, m: int) -> float:
         """Image-steps of training a cluster of ``m`` samples."""
@@ -183,6 +167,7 @@ class Eraser:
         test: list[SampleRow],
         previous: dict | None,
         change: Change,
+        reuse: Mapping[str, str] | None = None,
     ) -> dict:
         test_feats = {r.sample_id: feats[r.sample_id] for r in test}
         return materialize(
@@ -196,6 +181,7 @@ class Eraser:
             previous,
             change,
             self.executor,
+            reuse,
         )
 
     def _publish(self, manifest: dict) -> None:
@@ -254,26 +240,33 @@ class Eraser:
         self.check_blobs(manifest)  # never build a new version on top of a corrupt one
         old = self.current_partition(manifest)
         gone = {r.sample_id for r in rows}
-        gone_train = {r.sample_id for r in rows if r.split == "train"}
         live_train = [r for r in self.store.rows("train") if r.sample_id not in gone]
         live_test = [r for r in self.store.rows("test") if r.sample_id not in gone]
         if not live_train:
             raise DataError("refusing to forget every training sample; nothing was changed")
-        recluster = bool(gone_train & old.sample) or (
-            manifest["cluster_fingerprint"] != cluster_fingerprint(self.cfg, self.backbone)
-        )
         feats = ensure_features(self.store, self.backbone, live_test + live_train)
-        part = self._cluster(live_train, feats) if recluster else remove_members(old, gone_train)
-        where = old.cluster_of()
-        # A retry after a crash between swap and purge finds the ids already out of the model.
-        affected = tuple(sorted({old.keys[where[i]] for i in gone_train if i in where}))
+        fp_train = train_fingerprint(
+            self.cfg, self.backbone, self.store.classes(), self.executor.device_kind()
+        )
+        # A retry after a crash between swap and purge finds the ids already out of the model:
+        # the decision ignores ids that are no training member.
+        decision = decide(
+            old,
+            sorted(r.sample_id for r in rows if r.split == "train"),
+            Settings.of(self.cfg),
+            feats,
+            clustering_changed=manifest["cluster_fingerprint"]
+            != cluster_fingerprint(self.cfg, self.backbone),
+            training_changed=manifest["train_fingerprint"] != fp_train,
+        )
+        part = decision.partition
         # Same clustering and same training settings: the replayed recluster terms still hold.
-        same = not recluster and manifest["config_hash"] == config_hash(self.cfg)
+        same = not decision.recluster and manifest["config_hash"] == config_hash(self.cfg)
         cost = self._cost(part, live_train, feats, previous=manifest.get("cost") if same else None)
         emit("retuning")
-        change = Change("forget", len(rows), recluster, batch, affected, cost)
+        change = Change("forget", len(rows), decision.recluster, batch, decision.affected, cost)
         parent = manifest
-        manifest = self._materialize(part, feats, live_test, parent, change)
+        manifest = self._materialize(part, feats, live_test, parent, change, decision.reuse)
         # What the purge will delete: the blobs only the parent used (named in certificates).
         manifest["change"]["superseded"] = sorted(
             self.registry.referenced(parent) - self.registry.referenced(manifest)
