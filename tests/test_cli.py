@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_util import eraserd
 from conftest import small_raw, tree_bytes
 
 ERASERD = str(Path(sys.executable).parent / "eraserd")
@@ -28,19 +29,7 @@ def script(*args, check=True) -> subprocess.CompletedProcess:
 
 
 def run(*args, check=True) -> subprocess.CompletedProcess:
-    """``eraserd ARGS`` in this process (the same click command the script runs, without a
-    new interpreter importing torch each time), as a ``CompletedProcess``."""
-    from click.testing import CliRunner
-
-    from eraserd.cli import main
-
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    proc = subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"eraserd {args} failed ({proc.returncode}): {proc.stderr}")
-    return proc
+    return eraserd(*args, check=check)
 
 
 def write_config(path: Path, raw: dict) -> Path:

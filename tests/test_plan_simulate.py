@@ -7,13 +7,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from cli_util import eraserd
 from click.testing import CliRunner
 from conftest import small_raw
 
@@ -26,7 +24,6 @@ from eraserd.registry import Registry
 from eraserd.service import Eraser
 from eraserd.simulate import format_simulation, poisson_arrivals, replay, simulate
 
-ERASERD = str(Path(sys.executable).parent / "eraserd")
 SKEWED = [900] + [1] * 100  # one cluster holds 90% of the data, a hundred hold one sample
 WINDOW_ONLY = {"max_batch_samples": 10**9, "default_deadline_s": 10 * 86400.0}
 
@@ -371,13 +368,6 @@ def test_simulate_refuses_bad_input():
 # ---- end to end on a real small model -------------------------------------------------------
 
 
-def cli(*args, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([ERASERD, *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"eraserd {args} failed ({proc.returncode}): {proc.stderr}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, digits_data, lite0_32):
     """The test suite's small real model, built once in-process on the shared backbone."""
@@ -396,7 +386,7 @@ def test_plan_end_to_end(built, tmp_path):
     manifest = Registry(built.parent / "state").load()
     sizes = [c["size"] for c in manifest["clusters"]]
     out = json.loads(
-        cli("plan", "-c", built, "--rate", "200/d", "--deadline", "72h", "--json").stdout
+        eraserd("plan", "-c", built, "--rate", "200/d", "--deadline", "72h", "--json").stdout
     )
     assert out["version"] == 1 and out["cluster_sizes"] == sizes
     assert out["rate"] == pytest.approx(200 / 86400) and out["deadline_s"] == 259200
@@ -419,7 +409,7 @@ def test_plan_end_to_end(built, tmp_path):
     assert out["recommended"]["worst_latency_s"] <= 259200 - 60
 
     png = tmp_path / "plan.png"
-    text = cli(
+    text = eraserd(
         "plan", "-c", built, "--rate", "0.01", "--deadline", "3d", "--devices", "2", "--plot", png
     ).stdout
     assert text.startswith(f"version 1: {len(sizes)} clusters")
@@ -432,7 +422,7 @@ def test_plan_end_to_end(built, tmp_path):
 def test_simulate_end_to_end(built):
     sizes = [c["size"] for c in Registry(built.parent / "state").load()["clusters"]]
     out = json.loads(
-        cli("simulate", "-c", built, "--windows", "3000", "--seed", "4", "--json").stdout
+        eraserd("simulate", "-c", built, "--windows", "3000", "--seed", "4", "--json").stdout
     )
     assert out["version"] == 1 and out["seed"] == 4 and out["windows"] == 3000
     assert out["window_s"] == 120.0 and out["rate"] == pytest.approx(1 / 120)  # one per window
@@ -440,7 +430,7 @@ def test_simulate_end_to_end(built):
     e_k = poisson.expected_affected(sizes, 1 / 120, 120.0)
     assert out["predicted"]["expected_affected"] == pytest.approx(e_k)
     assert abs(out["k_mean"] - e_k) <= 3 * out["k_standard_error"]
-    text = cli("simulate", "-c", built, "--rate", "30/h", "--windows", "500").stdout
+    text = eraserd("simulate", "-c", built, "--rate", "30/h", "--windows", "500").stdout
     assert "E[K] per window" in text and "observed" in text and "predicted" in text
 
 
