@@ -12,7 +12,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # It applies when .venv is created (a fresh clone, or after `make clean`).
 TORCH_INDEX ?=
 
-.PHONY: run test lint install clean
+.PHONY: run test test-fast lint install clean
 
 # eraserd's run-time dependencies are installed at the versions in the lock: the ones the
 # tests ran with and the Docker image installs (its hashes are for the image, not used here).
@@ -34,6 +34,13 @@ run: install
 test: install
 	$(BIN)/ruff check eraserd tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The pure tests only (modules marked `pytestmark = pytest.mark.pure`): no torch, well under
+# a minute. `make test` runs them too.
+PURE   := $(shell grep -l '^pytestmark = pytest.mark.pure' tests/test_*.py)
+
+test-fast: install
+	$(BIN)/python -m pytest -q $(PURE)
 
 lint: install
 	$(BIN)/ruff check eraserd tests benchmarks

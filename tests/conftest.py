@@ -1,7 +1,9 @@
 """Shared fixtures: real digits written as PNG files, small but real configs, a real backbone.
 
 Nothing here is mocked: tests run the pretrained EfficientNet-Lite0 at a small image size, on
-real scikit-learn digits, with few epochs so the suite stays fast on 2 CPU cores.
+real scikit-learn digits, with few epochs so the suite stays fast on 2 CPU cores. Importing
+this file loads neither torch nor scikit-learn: the pure tests (``make test-fast``) run
+without them, and the fixtures that need them import them.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from eraserd.config import Config, config_from_dict
-from eraserd.model.backbone import load_backbone
 
 N_DIGITS = 240
 
@@ -71,6 +71,8 @@ def digit_png(image: np.ndarray) -> bytes:
 @pytest.fixture(scope="session")
 def digits_data(tmp_path_factory) -> Path:
     """A folder of real digit PNGs plus ``manifest.csv`` with subjects (3 samples each)."""
+    from sklearn.datasets import load_digits
+
     root = tmp_path_factory.mktemp("digits")
     d = load_digits()
     rows = []
@@ -149,6 +151,8 @@ def prebuilt(tmp_path, tmp_path_factory, digits_data, lite0_32):
 @pytest.fixture(scope="session")
 def lite0_32():
     """The real pretrained backbone, loaded once per session (it is frozen and read-only)."""
+    from eraserd.model.backbone import load_backbone  # torch: only for tests that need it
+
     cfg = config_from_dict(small_raw(Path("unused"), "builtin:digits"))
     return load_backbone(cfg.backbone, cfg.runtime)
 

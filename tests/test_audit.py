@@ -8,6 +8,8 @@ import pytest
 
 from eraserd.audit import GENESIS, AuditLog, check_chain
 
+pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
+
 
 def cert(i: int) -> dict:
     return {"request": f"del_{i}", "batch": i, "samples": [f"{i:040x}"], "version": i + 1}

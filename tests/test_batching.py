@@ -8,6 +8,8 @@ from eraserd.batching import flush_reason, retry_delay, update_estimate
 from eraserd.config import DaemonConfig
 from eraserd.queue import Pending
 
+pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
+
 CFG = DaemonConfig(batch_window_s=60, max_batch_samples=10, deadline_margin_s=5)
 FAR = 1_000_000.0  # a deadline nowhere near
 

@@ -20,6 +20,8 @@ from eraserd.clustering import (
 )
 from eraserd.ids import cluster_key, member_seed, private_key
 
+pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
+
 IDS = [f"s{i:03d}" for i in range(80)]
 CENTERS = np.array([[0.0] * 6, [40.0] + [0.0] * 5, [0.0, 40.0] + [0.0] * 4])
 

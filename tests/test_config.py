@@ -17,6 +17,8 @@ from eraserd.config import (
 )
 from eraserd.errors import ConfigError
 
+pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
+
 REPO = Path(__file__).parent.parent
 
 

@@ -19,6 +19,8 @@ from eraserd.clustering import (
 )
 from eraserd.cost import REPLAY_DRIFT, Replay, Rule, carried, evaluation_points
 
+pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
+
 IDS = [f"p{i:04d}" for i in range(260)]
 SIZES = (120, 60, 40, 20, 12, 8)
 """One blob holds almost half the data: unbounded, it would be one cluster."""

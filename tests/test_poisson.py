@@ -12,6 +12,8 @@ from scipy import stats
 
 from eraserd import poisson
 
+pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
+
 SKEWED = [900] + [1] * 100  # one cluster holds 90% of the data, a hundred hold one sample
 SETTINGS = [
     # (rate per second, window seconds, sizes, windows simulated)

@@ -19,6 +19,8 @@ from eraserd.queue import (
     RequestState,
 )
 
+pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
+
 SECRET = b"k" * 32
 QUEUED = RequestState.QUEUED.value
 BATCHED = RequestState.BATCHED.value

@@ -9,6 +9,8 @@ import pytest
 from eraserd.errors import EraserdError
 from eraserd.withdrawn import Withheld, withdrawn_clusters
 
+pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
+
 
 def test_the_rule_follows_the_samples_not_the_cluster_keys():
     members = {"c1": {"a", "b"}, "c2": {"c"}, "c3": {"d", "e"}}
