@@ -506,12 +506,12 @@ class _Parsed(click.ParamType):
         self.name, self._parser = name, parser
 
     def convert(self, value, param, ctx):
-        from . import planner
+        from . import units
 
         if isinstance(value, float):
             return value
         try:
-            return getattr(planner, self._parser)(value)
+            return getattr(units, self._parser)(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 

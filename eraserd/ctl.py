@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import shutil
 import sys
 import time
@@ -31,25 +30,27 @@ from .errors import (
 )
 from .idfile import read_ids
 from .queue import RequestState
+from .units import parse_duration
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TERMINAL = ("published", "failed")
 WAIT_TIMEOUT = WaitTimeoutError.exit_code
 """``submit-deletion --wait`` gave up: the request is still pending (not failed)."""
 
 
 def parse_deadline(text: str, now: float) -> str:
-    """``72h``, ``30m``, ``90s``, ``2d`` from now, or an ISO 8601 time; returns ISO 8601."""
-    m = _DURATION.match(text.strip())
-    if m:
-        ts = now + float(m.group(1)) * _UNITS[m.group(2)]
-        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+    """A duration from now (``units.parse_duration``: ``90s``, ``30m``, ``72h``, ``2d``,
+    ``1w`` or seconds), or an ISO 8601 time; returns ISO 8601."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        return datetime.fromtimestamp(now + seconds, tz=timezone.utc).isoformat()
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise InvalidInputError(
-            f"--deadline: expected a duration like 72h or an ISO 8601 time, got {text!r}"
+            f"--deadline: expected a duration like 72h or 1w, or an ISO 8601 time, got {text!r}"
         ) from None
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).isoformat()
 

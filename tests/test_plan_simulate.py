@@ -27,65 +27,6 @@ from eraserd.simulate import format_simulation, poisson_arrivals, replay, simula
 SKEWED = [900] + [1] * 100  # one cluster holds 90% of the data, a hundred hold one sample
 WINDOW_ONLY = {"max_batch_samples": 10**9, "default_deadline_s": 10 * 86400.0}
 
-# ---- parsing ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text,per_second",
-    [
-        ("0.1", 0.1),
-        ("0.1/s", 0.1),
-        ("5/h", 5 / 3600),
-        ("200/d", 200 / 86400),
-        ("3/m", 3 / 60),
-        ("3 / min", 3 / 60),
-        ("14/w", 2 / 86400),
-        ("2e-3", 0.002),
-        ("200/D", 200 / 86400),
-    ],
-)
-def test_parse_rate(text, per_second):
-    assert planner.parse_rate(text) == pytest.approx(per_second)
-
-
-@pytest.mark.parametrize(
-    "text,seconds",
-    [
-        ("259200", 259200.0),
-        ("72h", 259200.0),
-        ("3d", 259200.0),
-        ("30m", 1800.0),
-        ("45s", 45.0),
-        ("1.5h", 5400.0),
-        ("1w", 604800.0),
-        (" 90 min ", 5400.0),
-    ],
-)
-def test_parse_duration(text, seconds):
-    assert planner.parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize(
-    "text", ["", "abc", "-1/h", "0", "0/d", "5/y", "5/", "inf", "nan", "1/h/d"]
-)
-def test_parse_rate_refuses(text):
-    with pytest.raises(ValueError, match="rate"):
-        planner.parse_rate(text)
-
-
-@pytest.mark.parametrize("text", ["", "h", "0", "0h", "-3h", "3x", "3 hours", "inf", "1e999"])
-def test_parse_duration_refuses(text):
-    with pytest.raises(ValueError, match="duration"):
-        planner.parse_duration(text)
-
-
-def test_format_duration():
-    assert planner.format_duration(45) == "45s"
-    assert planner.format_duration(3600) == "1h"
-    assert planner.format_duration(90061) == "1d 1h 1m"
-    assert planner.format_duration(259140) == "2d 23h 59m"
-
-
 # ---- the planner ----------------------------------------------------------------------------
 
 
