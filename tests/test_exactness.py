@@ -6,6 +6,7 @@ import csv
 
 import pytest
 from conftest import forget_crashing_before_purge
+from model_views import model_view
 
 from eraserd.cost import Replay, Rule
 from eraserd.model.features import ensure_features
@@ -23,27 +24,6 @@ def write_manifest_without(src, dst, drop: set[str]) -> None:
             for r in rows[1:]
             if r[0] not in drop
         )
-
-
-def membership(er: Eraser) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for s in er.samples():
-        if s["cluster"] is not None:
-            out.setdefault(s["cluster"], []).append(s["sample_id"])
-    return out
-
-
-def model_view(er: Eraser) -> dict:
-    """Everything that defines the model, in a form independent of the state dir's secret."""
-    m = er.registry.load()
-    return {
-        "keys": [c["key"] for c in m["clusters"]],
-        "prototypes": m["prototypes"],
-        "routing": m["routing"],
-        "blobs": {c["key"]: (c["prompt"], c["head"]) for c in m["clusters"]},
-        "members": membership(er),
-        "in_sample": sorted(s["sample_id"] for s in er.samples() if s["in_clustering_sample"]),
-    }
 
 
 @pytest.mark.slow

@@ -14,32 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from model_views import build_and_forget, forget_two
 from patience import run_patiently
-from test_exactness import model_view
 
 from eraserd.executor import ExecutorError, RetuneJob
 from eraserd.service import Eraser
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def forget_two(er: Eraser) -> dict:
-    """Forget one clustering-sample point and one other training point; the model's view."""
-    rows = er.samples()
-    gone = [
-        next(r["sample_id"] for r in rows if r["in_clustering_sample"]),
-        next(
-            r["sample_id"] for r in rows if r["split"] == "train" and not r["in_clustering_sample"]
-        ),
-    ]
-    er.forget(sample_ids=gone)
-    return model_view(er)
-
-
-def build_and_forget(cfg, backbone=None) -> dict:
-    with Eraser(cfg, backbone=backbone) as er:
-        er.build()
-        return forget_two(er)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +110,7 @@ import json, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from conftest import small_raw
-from test_executor import build_and_forget
+from model_views import build_and_forget
 from eraserd.config import config_from_dict
 
 raw = small_raw(Path({state!r}), Path({source!r}), executor={{

@@ -19,8 +19,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from model_views import model_view
 from patience import run_patiently
-from test_exactness import model_view
 
 from eraserd.service import Eraser
 
@@ -33,7 +33,7 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 import ray
 from conftest import small_raw
-from test_exactness import model_view
+from model_views import model_view
 from eraserd.config import config_from_dict
 from eraserd.executor.ray_backend import RayExecutor
 from eraserd.service import Eraser
