@@ -79,11 +79,17 @@ def test_worker_killed_mid_job_is_retried(make_config, inline_view):
 
 
 @pytest.mark.slow
-def test_a_job_that_keeps_failing_fails_with_a_clear_reason(make_config):
+@pytest.mark.parametrize("backend", ["inline", "local"])
+def test_a_job_that_keeps_failing_fails_with_a_clear_reason(make_config, lite0_32, backend):
+    """The error contract, the same for the in-process executor and the worker pool."""
+    from eraserd.executor import InlineExecutor
     from eraserd.executor.local import LocalPool
 
     cfg = make_config("fail")
-    pool = LocalPool(cfg, ["cpu"], max_retries=1)
+    if backend == "inline":
+        pool = InlineExecutor(cfg, lite0_32, max_retries=1)
+    else:
+        pool = LocalPool(cfg, ["cpu"], max_retries=1)
 
     def bad_data():
         import torch

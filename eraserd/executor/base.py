@@ -154,17 +154,29 @@ def run_pack(backbone: Backbone, cfg: Config, num_classes: int, datas: list[Clus
 
 
 class InlineExecutor:
-    """Runs jobs one after another in the calling process, on its own backbone."""
+    """Runs jobs one after another in the calling process, on its own backbone. A pack whose
+    training raises is retried like a failed worker job, up to ``max_retries`` times, then
+    fails the run with ``ExecutorError``."""
 
-    def __init__(self, cfg: Config, backbone: Backbone):
+    def __init__(self, cfg: Config, backbone: Backbone, max_retries: int | None = None):
         self.cfg, self.backbone = cfg, backbone
+        self.max_retries = cfg.executor.max_retries if max_retries is None else max_retries
 
     def run(self, jobs: list[RetuneJob], on_done: OnDone | None = None) -> dict[str, JobResult]:
         out = {}
         limit = pack_limit(self.cfg, {self.backbone.device.type})
-        for pack in plan_packs(jobs, limit, 1):
-            outputs = run_pack(self.backbone, self.cfg, pack.num_classes, pack.load())
-            for job, res in zip(pack.jobs, pack.results(outputs, str(self.backbone.device), 1)):
+        pending = [(pack, 1) for pack in plan_packs(jobs, limit, 1)]
+        while pending:
+            (pack, attempt), pending = pending[0], pending[1:]
+            datas = pack.load()  # reading the store is not the executor's to retry
+            try:
+                outputs = run_pack(self.backbone, self.cfg, pack.num_classes, datas)
+            except Exception as exc:  # as a worker's error: retried, then ExecutorError
+                why = f"{type(exc).__name__}: {exc}"
+                pending = requeue(pending, pack, attempt, why, self.max_retries)
+                continue
+            device = str(self.backbone.device)
+            for job, res in zip(pack.jobs, pack.results(outputs, device, attempt)):
                 out[job.key] = res
                 if on_done is not None:
                     on_done(job, res)
