@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from inspect import getsource
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,51 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+FAILING = """
+from pathlib import Path
+
+from daemon_util import DaemonProc
+from probe_util import running
+
+PID_FILE = Path({pid_file!r})
+
+
+def test_a_daemon_test_that_fails():
+    d = DaemonProc(Path({config!r}))
+    d.wait_ready()
+    PID_FILE.write_text(str(d.proc.pid))
+    assert False, "forced failure"
+
+
+def test_the_next_test_finds_that_daemon_gone():
+    assert not running(int(PID_FILE.read_text()))
+"""
+REAPER = ["-p", "conftest"]
+"""Loads the suite's conftest as a plugin: its autouse fixtures are what reaps daemons."""
+
+
+@pytest.mark.slow
+def test_a_failing_daemon_test_leaves_no_daemon(tmp_path, tmp_path_factory, digits_data, lite0_32):
+    """A daemon test that fails has its daemon killed at once, before the next test runs: the
+    suite's autouse fixture reaps it, not the end of the process."""
+    config = prebuilt_config(
+        tmp_path, digits_data / "manifest.csv", lite0_32, built_state(tmp_path_factory)
+    )
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "probe_util.py").write_text("from pathlib import Path\n\n\n" + getsource(running))
+    pid_file = tmp_path / "daemon.pid"
+    (inner / "test_inner.py").write_text(FAILING.format(config=str(config), pid_file=str(pid_file)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *REAPER, "-p", "no:cacheprovider", "test_inner.py"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=inner,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(inner)])},
+    )
+    assert "1 failed, 1 passed" in proc.stdout, proc.stdout + proc.stderr
+    assert "forced failure" in proc.stdout
+    assert not running(int(pid_file.read_text()))
