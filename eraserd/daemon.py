@@ -28,7 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import __version__
 from .audit import AUDIT_FILE, AuditLog
-from .batching import flush_reason, retry_delay, update_estimate
+from .batching import FlushPolicy, retry_delay, update_estimate
 from .config import Config
 from .data.store import Store
 from .errors import DataError, EraserdError, UnknownIdError
@@ -106,7 +106,7 @@ class Daemon:
         except BaseException:
             self._lock.release()
             raise
-        self.window_start = clock()
+        self.flush = FlushPolicy(cfg.daemon, clock())
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._reason: str | None = None
@@ -135,7 +135,7 @@ class Daemon:
         self._runner.start()
         if unfinished:
             self.request_flush("recovery")
-        tick = min(1.0, self.cfg.daemon.batch_window_s / 4)
+        tick = self.flush.tick_s
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         self._scheduler.add_job(
             self.tick, "interval", seconds=tick, id="flush-policy", max_instances=1, coalesce=True
@@ -169,12 +169,7 @@ class Daemon:
     # ---- scheduling -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        now = self.clock()
-        reason = flush_reason(
-            self.queue.pending(), now, self.window_start, self.cfg.daemon, self.predicted_s
-        )
-        if now - self.window_start >= self.cfg.daemon.batch_window_s:
-            self.window_start = now
+        reason = self.flush.on_tick(self.queue.pending(), self.clock(), self.predicted_s).reason
         if reason is not None:
             self.request_flush(reason)
 
@@ -478,8 +473,9 @@ class Daemon:
             log.info(
                 "deletion queued", extra={"fields": {"request": req.id, "samples": req.samples}}
             )
-            if self.queue.pending().samples >= self.cfg.daemon.max_batch_samples:
-                self.request_flush("size")
+            reason = self.flush.on_submit(self.queue.pending())
+            if reason is not None:
+                self.request_flush(reason)
         return out, created
 
     def request(self, rid: str) -> dict | None:
@@ -539,7 +535,7 @@ class Daemon:
                 "earliest_deadline": p.earliest_deadline,
             },
             "window_s": self.cfg.daemon.batch_window_s,
-            "next_window_at": self.window_start + self.cfg.daemon.batch_window_s,
+            "next_window_at": self.flush.next_window_at,
             "predicted_batch_s": round(self.predicted_s, 3),
             "last_batch": self.queue.last_batch(),
             "retries": self._retries(now),

@@ -6,11 +6,12 @@ uniform over the training samples (so a cluster is chosen in proportion to its s
 cluster sizes stay fixed, as in the model. The clock is virtual and every step the daemon
 takes is replayed with the same inputs:
 
-* ``Daemon.submit`` queues a request and flushes at once when ``max_batch_samples`` are
-  pending;
-* ``Daemon.tick`` runs every ``min(1 s, T / 4)``, calls ``batching.flush_reason`` with the
-  queue's ``Pending`` summary, the window start and the predicted batch time, and starts a
-  new window once ``T`` has passed (a window therefore lasts ``T`` rounded up to a tick).
+* ``Daemon.submit`` queues a request and asks ``FlushPolicy.on_submit``, which flushes at
+  once when ``max_batch_samples`` are pending;
+* ``Daemon.tick`` runs every ``FlushPolicy.tick_s`` (``min(1 s, T / 4)``) and asks
+  ``FlushPolicy.on_tick`` with the queue's ``Pending`` summary and the predicted batch time;
+  the policy starts a new window once ``T`` has passed (a window therefore lasts ``T``
+  rounded up to a tick). This replay drives the same ``FlushPolicy`` object.
 
 Ticks where nothing can change are skipped, which is what makes long windows cheap. Each
 flush forms a batch of everything pending; ``K`` is the number of distinct clusters it hits.
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import poisson
-from .batching import flush_reason
+from .batching import FlushPolicy
 from .config import DaemonConfig
 from .queue import Pending
 
@@ -153,13 +154,13 @@ def replay(
     policy on a virtual clock that starts at 0, for ``windows`` windows."""
     if windows < 1:
         raise ValueError("replay at least one window")
-    window = policy.batch_window_s
-    tick = min(1.0, window / 4)  # Daemon.start
+    flusher = FlushPolicy(policy, 0.0)  # what the daemon drives, on a virtual clock
+    window, tick = policy.batch_window_s, flusher.tick_s
     margin = policy.deadline_margin_s
     upcoming = iter(arrivals)
     nxt_arrival = next(upcoming, None)
     queued: list[tuple[float, int]] = []  # (submitted at, cluster)
-    k, window_start, this_window, out = 0, 0.0, 0, Trace()
+    k, this_window, out = 0, 0, Trace()
 
     def flush(reason: str, now: float) -> None:
         nonlocal this_window
@@ -171,29 +172,32 @@ def replay(
         queued.clear()
         this_window += kk
 
+    def pending() -> Pending:
+        first = queued[0][0] if queued else None
+        deadline = None if first is None else first + policy.default_deadline_s
+        return Pending(len(queued), len(queued), first, deadline)
+
     while len(out.window_k) < windows:
-        nxt = _window_tick(k + 1, tick, window_start, window)
+        nxt = _window_tick(k + 1, tick, flusher.window_start, window)
         if queued:
             due = queued[0][0] + policy.default_deadline_s - predicted_s - margin
             nxt = min(nxt, _deadline_tick(k + 1, tick, due))
         if nxt_arrival is not None and nxt_arrival[0] < nxt * tick:  # Daemon.submit
             queued.append(nxt_arrival)
             nxt_arrival = next(upcoming, None)
-            if len(queued) >= policy.max_batch_samples:
-                flush("size", queued[-1][0])
+            reason = flusher.on_submit(pending())
+            if reason is not None:
+                flush(reason, queued[-1][0])
             continue
         k = nxt
         now = k * tick  # Daemon.tick
-        first = queued[0][0] if queued else None
-        deadline = None if first is None else first + policy.default_deadline_s
-        pending = Pending(len(queued), len(queued), first, deadline)
-        reason = flush_reason(pending, now, window_start, policy, predicted_s)
-        if reason is not None:
-            flush(reason, now)
-        if now - window_start >= window:
+        step = flusher.on_tick(pending(), now, predicted_s)
+        if step.reason is not None:
+            flush(step.reason, now)
+        if step.ended_window_s is not None:
             out.window_k.append(this_window)
-            out.window_len.append(now - window_start)
-            this_window, window_start = 0, now
+            out.window_len.append(step.ended_window_s)
+            this_window = 0
     out.still_queued = len(queued)
     return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eraserd.batching import flush_reason, retry_delay, update_estimate
+from eraserd.batching import FlushPolicy, flush_reason, retry_delay, update_estimate
 from eraserd.config import DaemonConfig
 from eraserd.queue import Pending
 
@@ -108,3 +108,28 @@ def test_retry_delay_doubles_up_to_the_cap():
     delays = [retry_delay(n, 5.0, 300.0) for n in range(0, 9)]
     assert delays == [0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
     assert retry_delay(10_000, 5.0, 300.0) == 300.0  # no overflow after a long outage
+
+
+def test_the_policy_owns_the_window_and_rolls_it_on_the_first_tick_past_it():
+    policy = FlushPolicy(CFG, start=100.0)
+    assert policy.tick_s == 1.0 and policy.next_window_at == 160.0
+    assert FlushPolicy(DaemonConfig(batch_window_s=2.0), 0.0).tick_s == 0.5
+    quiet = Pending(requests=0, samples=0, oldest_created=None, earliest_deadline=None)
+    step = policy.on_tick(quiet, 159.0, 0.0)
+    assert step.reason is None and step.ended_window_s is None
+    step = policy.on_tick(pending(), 160.5, 0.0)  # a window ends: flush what is pending
+    assert step.reason == "window" and step.ended_window_s == 60.5
+    assert policy.window_start == 160.5 and policy.next_window_at == 220.5
+    # An empty window still ends on time; the next one starts at that tick.
+    assert policy.on_tick(quiet, 221.0, 0.0).ended_window_s == 60.5
+    assert policy.window_start == 221.0
+
+
+def test_the_policy_flushes_on_size_at_submit_and_on_deadline_at_a_tick():
+    policy = FlushPolicy(CFG, start=0.0)
+    assert policy.on_submit(pending(samples=9)) is None
+    assert policy.on_submit(pending(samples=10)) == "size"
+    due = pending(deadline=50.0)
+    assert policy.on_tick(due, 10.0, predicted_s=30.0).reason is None
+    step = policy.on_tick(due, 15.0, predicted_s=30.0)  # 50 - 30 - 5 margin
+    assert step.reason == "deadline" and step.ended_window_s is None
