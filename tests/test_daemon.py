@@ -340,71 +340,65 @@ def test_size_and_deadline_flush_without_waiting_for_the_window(prebuilt):
         assert d.stop() == 0
 
 
-class FakeClock:
-    def __init__(self, now: float):
+class VirtualDaemon:
+    """A ``Daemon`` in this process on a virtual clock: no threads are started, and each
+    ``tick`` is called by hand. ``flushed()`` is the flush it asked its batch runner for."""
+
+    def __init__(self, config, now: float):
+        from eraserd.config import load_config
+        from eraserd.daemon import Daemon
+
         self.now = now
+        self.daemon = Daemon(load_config(config), clock=lambda: self.now)
 
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_the_daemon_schedules_batches_on_an_injected_clock(prebuilt):
-    """The daemon's scheduling in process, on a virtual clock: no threads are started, and
-    each ``tick`` is called by hand. ``_reason`` is the flush it asked its batch runner for."""
-    from eraserd.config import load_config
-    from eraserd.daemon import Daemon
-
-    config = prebuilt(window=60.0, max_batch_samples=3, deadline_margin_s=10.0)
-    clock = FakeClock(1_000_000.0)
-    d = Daemon(load_config(config), clock=clock)
-
-    def flushed() -> str | None:
+    def flushed(self) -> str | None:
+        d = self.daemon
         reason, d._reason = d._reason, None
         d._wake.clear()
         return reason
 
-    try:
-        assert d.status()["next_window_at"] == 1_000_060.0
-        d.submit(["s0004"], [], None, None)
-        clock.now += 59.0
-        d.tick()
-        assert flushed() is None  # one sample, no deadline near, the window not over
-        clock.now += 1.0
-        d.tick()
-        assert flushed() == "window" and d.status()["next_window_at"] == 1_000_120.0
-        d.submit(["s0005", "s0006"], [], None, None)
-        assert flushed() == "size"  # 3 samples pending: at once, without a tick
-        clock.now += 1.0
-        d.tick()
-        assert flushed() == "size"  # still pending: every tick asks again
-    finally:
-        d.stop()
+
+@pytest.fixture
+def virtual_daemon(prebuilt):
+    made: list[VirtualDaemon] = []
+
+    def make(now: float, **daemon) -> VirtualDaemon:
+        made.append(VirtualDaemon(prebuilt(**daemon), now))
+        return made[-1]
+
+    yield make
+    for v in made:
+        v.daemon.stop()
 
 
-def test_the_daemon_flushes_for_a_deadline_on_an_injected_clock(prebuilt):
+def test_the_daemon_schedules_batches_on_an_injected_clock(virtual_daemon):
+    v = virtual_daemon(1_000_000.0, window=60.0, max_batch_samples=3, deadline_margin_s=10.0)
+    d = v.daemon
+    assert d.status()["next_window_at"] == 1_000_060.0
+    d.submit(["s0004"], [], None, None)
+    v.now += 59.0
+    d.tick()
+    assert v.flushed() is None  # one sample, no deadline near, the window not over
+    v.now += 1.0
+    d.tick()
+    assert v.flushed() == "window" and d.status()["next_window_at"] == 1_000_120.0
+    d.submit(["s0005", "s0006"], [], None, None)
+    assert v.flushed() == "size"  # 3 samples pending: at once, without a tick
+    v.now += 1.0
+    d.tick()
+    assert v.flushed() == "size"  # still pending: every tick asks again
+
+
+def test_the_daemon_flushes_for_a_deadline_on_an_injected_clock(virtual_daemon):
     """Due when the deadline minus the predicted batch time is within the margin."""
-    from eraserd.config import load_config
-    from eraserd.daemon import Daemon
-
-    config = prebuilt(window=3600.0, max_batch_samples=100, deadline_margin_s=10.0)
-    clock = FakeClock(2_000_000.0)
-    d = Daemon(load_config(config), clock=clock)
-
-    def flushed() -> str | None:
-        reason, d._reason = d._reason, None
-        d._wake.clear()
-        return reason
-
-    try:
-        due = clock.now + d.predicted_s + 10.0 + 5.0
-        d.submit(["s0004"], [], None, due)
-        d.tick()
-        assert flushed() is None
-        clock.now += 5.0
-        d.tick()
-        assert flushed() == "deadline"
-    finally:
-        d.stop()
+    v = virtual_daemon(2_000_000.0, window=3600.0, max_batch_samples=100, deadline_margin_s=10.0)
+    d = v.daemon
+    d.submit(["s0004"], [], None, v.now + d.predicted_s + 10.0 + 5.0)
+    d.tick()
+    assert v.flushed() is None
+    v.now += 5.0
+    d.tick()
+    assert v.flushed() == "deadline"
 
 
 @pytest.mark.slow
