@@ -106,7 +106,7 @@ class Daemon:
         except BaseException:
             self._lock.release()
             raise
-        self.flush = FlushPolicy(cfg.daemon, clock())
+        self.policy = FlushPolicy(cfg.daemon, clock())
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._reason: str | None = None
@@ -135,7 +135,7 @@ class Daemon:
         self._runner.start()
         if unfinished:
             self.request_flush("recovery")
-        tick = self.flush.tick_s
+        tick = self.policy.tick_s
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         self._scheduler.add_job(
             self.tick, "interval", seconds=tick, id="flush-policy", max_instances=1, coalesce=True
@@ -169,7 +169,7 @@ class Daemon:
     # ---- scheduling -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        reason = self.flush.on_tick(self.queue.pending(), self.clock(), self.predicted_s).reason
+        reason = self.policy.on_tick(self.queue.pending(), self.clock(), self.predicted_s).reason
         if reason is not None:
             self.request_flush(reason)
 
@@ -473,7 +473,7 @@ class Daemon:
             log.info(
                 "deletion queued", extra={"fields": {"request": req.id, "samples": req.samples}}
             )
-            reason = self.flush.on_submit(self.queue.pending())
+            reason = self.policy.on_submit(self.queue.pending())
             if reason is not None:
                 self.request_flush(reason)
         return out, created
@@ -535,7 +535,7 @@ class Daemon:
                 "earliest_deadline": p.earliest_deadline,
             },
             "window_s": self.cfg.daemon.batch_window_s,
-            "next_window_at": self.flush.next_window_at,
+            "next_window_at": self.policy.next_window_at,
             "predicted_batch_s": round(self.predicted_s, 3),
             "last_batch": self.queue.last_batch(),
             "retries": self._retries(now),

@@ -387,6 +387,7 @@ def test_the_daemon_schedules_batches_on_an_injected_clock(virtual_daemon):
     v.now += 1.0
     d.tick()
     assert v.flushed() == "size"  # still pending: every tick asks again
+    assert d.flush()["queued_requests"] == 2 and v.flushed() == "manual"  # POST /v1/flush
 
 
 def test_the_daemon_flushes_for_a_deadline_on_an_injected_clock(virtual_daemon):
