@@ -17,7 +17,6 @@ import pytest
 from model_views import build_and_forget, forget_two
 from patience import run_patiently
 
-from eraserd.executor import ExecutorError, RetuneJob
 from eraserd.service import Eraser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,39 +77,6 @@ def test_worker_killed_mid_job_is_retried(make_config, inline_view):
         assert forget_two(er) == inline_view
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["inline", "local"])
-def test_a_job_that_keeps_failing_fails_with_a_clear_reason(make_config, lite0_32, backend):
-    """The error contract, the same for the in-process executor and the worker pool."""
-    from eraserd.executor import InlineExecutor
-    from eraserd.executor.local import LocalPool
-
-    cfg = make_config("fail")
-    if backend == "inline":
-        pool = InlineExecutor(cfg, lite0_32, max_retries=1)
-    else:
-        pool = LocalPool(cfg, ["cpu"], max_retries=1)
-
-    def bad_data():
-        import torch
-
-        from eraserd.training.engine import ClusterData
-
-        return ClusterData(
-            torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), 1
-        )
-
-    try:
-        with pytest.raises(
-            ExecutorError,
-            match="cluster cbad: retune failed 2 times; "
-            "last error: ValueError: cannot train an empty",
-        ):
-            pool.run([RetuneJob("cbad", 1.0, 10, bad_data)])
-    finally:
-        pool.close()
-
-
 RAY_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
@@ -154,48 +120,3 @@ def test_ray_matches_inline(tmp_path, digits_data, inline_view):
     view = json.loads(out.read_text())
     expected = json.loads(json.dumps(inline_view))  # tuples become lists, as in the file
     assert view == expected
-
-
-@pytest.mark.slow
-def test_a_job_over_its_timeout_is_killed_and_fails(make_config):
-    import torch
-
-    from eraserd.executor.local import LocalPool
-    from eraserd.training.engine import ClusterData
-
-    cfg = make_config("timeout", training={"epochs": 50})
-    pool = LocalPool(cfg, ["cpu"], max_retries=0, job_timeout_s=300.0)
-
-    def slow_data():
-        g = torch.Generator().manual_seed(0)
-        return ClusterData(
-            torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g),
-            torch.arange(64) % 10,
-            3,
-        )
-
-    try:
-        pool.run(
-            [
-                RetuneJob(
-                    "cwarm",
-                    1.0,
-                    10,
-                    lambda: ClusterData(  # the worker is up first
-                        torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
-                        torch.zeros(2, dtype=torch.int64),
-                        1,
-                    ),
-                )
-            ]
-        )
-        first = pool.worker_pids()["cpu"][0]
-        pool.job_timeout_s = 1.0  # the warm-up above may take longer on a loaded machine
-        with pytest.raises(
-            ExecutorError,
-            match="cluster cslow: retune failed 1 times; last error: worker timed out",
-        ):
-            pool.run([RetuneJob("cslow", 3200.0, 10, slow_data)])
-        assert pool.worker_pids()["cpu"][0] != first, "the stuck worker is replaced"
-    finally:
-        pool.close()

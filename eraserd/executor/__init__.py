@@ -1,28 +1,31 @@
-"""Where retune jobs run: in-process, a local pool of device workers, or Ray."""
+"""Where retune jobs run: in-process, a local pool of device workers, or Ray.
+
+``interfaces`` says what an executor is, ``packing`` which clusters train together,
+``dispatch`` is the loop every backend runs, and ``inline``, ``local`` and ``ray_backend``
+are the backends. Importing this package loads no torch; ``create_executor`` does.
+"""
 
 from __future__ import annotations
 
-from ..config import Config
-from ..model.backbone import Backbone
-from .base import (
-    Executor,
-    ExecutorError,
-    InlineExecutor,
-    JobResult,
-    Pack,
-    RetuneJob,
-    plan_packs,
-    schedule_order,
-)
+from typing import TYPE_CHECKING
+
+from .interfaces import Executor, ExecutorError, JobResult, OnDone, RetuneJob
+from .packing import Pack, pack_limit, plan_packs, schedule_order
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..model.backbone import Backbone
 
 __all__ = [
     "Executor",
     "ExecutorError",
     "JobResult",
+    "OnDone",
     "Pack",
     "RetuneJob",
-    "plan_packs",
     "create_executor",
+    "pack_limit",
+    "plan_packs",
     "schedule_order",
 ]
 
@@ -30,6 +33,8 @@ __all__ = [
 def create_executor(cfg: Config, backbone: Backbone) -> Executor:
     ex = cfg.executor
     if ex.backend == "inline":
+        from .inline import InlineExecutor
+
         return InlineExecutor(cfg, backbone)
     if ex.backend == "local":
         from .local import LocalPool, resolve_devices

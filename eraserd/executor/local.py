@@ -19,17 +19,10 @@ import torch.multiprocessing as mp
 
 from ..config import Config, config_from_dict
 from ..faults import crashpoint
-from .base import (
-    ExecutorError,
-    JobResult,
-    OnDone,
-    Pack,
-    RetuneJob,
-    pack_limit,
-    plan_packs,
-    requeue,
-    run_pack,
-)
+from .dispatch import Event, Failed, Finished, dispatch
+from .inline import run_pack
+from .interfaces import ExecutorError, JobResult, OnDone, RetuneJob
+from .packing import Pack, pack_limit, plan_packs
 
 
 def resolve_devices(spec: str | tuple[str, ...]) -> list[str]:
@@ -97,6 +90,7 @@ class _Worker:
             daemon=True,
         )
         self.proc.start()
+        self.spawned = time.monotonic()
         self.ready = False
         self.job: tuple[int, Pack, float] | None = None  # (job id, pack, started)
 
@@ -113,6 +107,8 @@ class _Worker:
 
 
 class LocalPool:
+    """The ``local`` backend: ``Workers`` over one process per device, run by ``dispatch``."""
+
     def __init__(
         self,
         cfg: Config,
@@ -133,6 +129,8 @@ class LocalPool:
         self._outbox = self._ctx.Queue()
         self.workers: list[_Worker] = [self._spawn(d) for d in self.devices]
         self.restarts = 0
+        self._next_id = 0
+        self._closed = False
         self.throughput: dict[str, float] = {}
         """Measured image-steps per second on each device (moving average)."""
 
@@ -156,96 +154,96 @@ class LocalPool:
         return [w.proc.pid for w in self.workers if w.job is not None and w.proc.is_alive()]
 
     def close(self) -> None:
+        self._closed = True
         for w in self.workers:
             w.stop()
         self.workers = []
 
-    def _replace(self, i: int) -> None:
-        old = self.workers[i]
-        old.stop(timeout=1.0)
-        self.workers[i] = self._spawn(old.device)
-        self.restarts += 1
-
-    def run(self, jobs: list[RetuneJob], on_done: OnDone | None = None) -> dict[str, JobResult]:
-        try:
-            return self._run(jobs, on_done)
-        except BaseException:
-            # Leave no worker busy with a job of a failed run: the pool serves the next batch.
-            for i, w in enumerate(self.workers):
-                if w.job is not None or not w.proc.is_alive():
-                    self._replace(i)
-            raise
-
     def device_kind(self) -> str:
         return "+".join(sorted({d.split(":")[0] for d in self.devices}))
 
-    def _run(self, jobs: list[RetuneJob], on_done: OnDone | None) -> dict[str, JobResult]:
+    def run(self, jobs: list[RetuneJob], on_done: OnDone | None = None) -> dict[str, JobResult]:
+        if self._closed:
+            raise ExecutorError("the executor is closed")
         limit = pack_limit(self.cfg, {d.split(":")[0] for d in self.devices})
-        pending = [(pack, 1) for pack in plan_packs(jobs, limit, len(self.workers))]
-        attempts: dict[int, int] = {}
-        by_id: dict[int, Pack] = {}
-        results: dict[str, JobResult] = {}
-        next_id = 0
-        spawned_at = {id(w): time.monotonic() for w in self.workers}
-        while len(results) < len(jobs):
-            # Largest job first, to the fastest free device (measured img-steps/s).
-            free = [w for w in self.workers if w.ready and w.job is None and w.proc.is_alive()]
-            for w in sorted(free, key=lambda w: -self.throughput.get(w.device, 0.0)):
-                if pending:
-                    pack, attempt = pending.pop(0)
-                    parts = [(d.images, d.labels, d.seed) for d in pack.load()]
-                    next_id += 1
-                    by_id[next_id], attempts[next_id] = pack, attempt
-                    w.inbox.put((next_id, pack.num_classes, parts))
-                    w.job = (next_id, pack, time.monotonic())
-            try:
-                kind, device, ident, payload = self._outbox.get(timeout=0.1)
-            except queue_mod.Empty:
-                kind = None
-            if kind == "ready":
-                for w in self.workers:
-                    if w.proc.pid == ident:
-                        w.ready = True
-            elif kind in ("done", "error"):
-                w = next((w for w in self.workers if w.job and w.job[0] == ident), None)
-                if w is None:
-                    continue  # a result from a worker already given up on
-                pack, attempt = by_id[ident], attempts[ident]
-                w.job = None
+        try:
+            return dispatch(
+                self,
+                plan_packs(jobs, limit, len(self.workers)),
+                max_retries=self.max_retries,
+                job_timeout_s=self.job_timeout_s,
+                on_done=on_done,
+            )
+        except BaseException:
+            for i, w in enumerate(self.workers):  # the next batch finds every worker up
+                if not w.proc.is_alive():
+                    self.replace(i)
+            raise
+
+    # Workers
+    def idle(self) -> list[int]:
+        """Free workers, the fastest device first (measured image-steps/s)."""
+        free = [
+            i for i, w in enumerate(self.workers) if w.ready and w.job is None and w.proc.is_alive()
+        ]
+        return sorted(free, key=lambda i: -self.throughput.get(self.workers[i].device, 0.0))
+
+    def start(self, slot: int, pack: Pack, deadline: float) -> None:
+        parts = [(d.images, d.labels, d.seed) for d in pack.load()]
+        self._next_id += 1
+        w = self.workers[slot]
+        w.inbox.put((self._next_id, pack.num_classes, parts))
+        w.job = (self._next_id, pack, time.monotonic())
+
+    def replace(self, slot: int) -> None:
+        old = self.workers[slot]
+        old.stop(timeout=1.0)
+        self.workers[slot] = self._spawn(old.device)
+        self.restarts += 1
+
+    def wait(self, timeout: float) -> list[Event]:
+        events: list[Event] = []
+        try:
+            kind, device, ident, payload = self._outbox.get(timeout=timeout)
+        except queue_mod.Empty:
+            kind = None
+        if kind == "ready":
+            for w in self.workers:
+                if w.proc.pid == ident:
+                    w.ready = True
+        elif kind in ("done", "error"):
+            slot = next(
+                (i for i, w in enumerate(self.workers) if w.job and w.job[0] == ident), None
+            )
+            if slot is not None:  # else: from a worker already given up on
+                _, pack, _ = self.workers[slot].job
+                self.workers[slot].job = None
                 if kind == "done":
                     self._measure(device, pack.cost, sum(out[3] for out in payload))
-                    for job, res in zip(pack.jobs, pack.results(payload, device, attempt)):
-                        results[job.key] = res
-                        if on_done is not None:
-                            on_done(job, res)
+                    events.append(Finished(slot, payload, device))
                 else:  # a worker that gave up its CUDA context exits; the check below respawns
-                    pending = self._retry(pending, pack, attempt, payload)
-            now = time.monotonic()
-            for i, w in enumerate(list(self.workers)):  # deaths and timeouts
-                dead = not w.proc.is_alive()
-                late = w.job is not None and now - w.job[2] > self.job_timeout_s
-                stuck = not w.ready and now - spawned_at.get(id(w), now) > self.start_timeout_s
-                if dead or late or stuck:
-                    if w.job is not None:
-                        why = (
-                            "worker timed out"
-                            if late
-                            else f"worker died (exit code {w.proc.exitcode})"
-                        )
-                        pending = self._retry(pending, w.job[1], attempts[w.job[0]], why)
-                    elif stuck or (dead and not w.ready):
-                        raise ExecutorError(
-                            f"worker on {w.device} failed to start (exit code {w.proc.exitcode})"
-                        )
-                    self._replace(i)
-                    spawned_at[id(self.workers[i])] = time.monotonic()
-        return results
+                    events.append(Failed(slot, payload, replace=False))
+        now = time.monotonic()
+        for i, w in enumerate(list(self.workers)):
+            if w.proc.is_alive():
+                if not w.ready and now - w.spawned > self.start_timeout_s:
+                    raise ExecutorError(
+                        f"worker on {w.device} did not start in {self.start_timeout_s:g} s"
+                    )
+                continue
+            if w.job is not None:
+                w.job = None
+                events.append(Failed(i, f"worker died (exit code {w.proc.exitcode})"))
+            elif not w.ready:
+                raise ExecutorError(
+                    f"worker on {w.device} failed to start (exit code {w.proc.exitcode})"
+                )
+            else:  # died idle, or exited after reporting an error: respawn quietly
+                self.replace(i)
+        return events
 
     def _measure(self, device: str, cost: float, seconds: float) -> None:
         if seconds > 0:
             rate = cost / seconds
             old = self.throughput.get(device)
             self.throughput[device] = rate if old is None else 0.7 * old + 0.3 * rate
-
-    def _retry(self, pending, pack: Pack, attempt: int, why: str):
-        return requeue(pending, pack, attempt, why, self.max_retries)

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 from ..config import Config, config_from_dict
-from .base import (
-    ExecutorError,
-    JobResult,
-    OnDone,
-    Pack,
-    RetuneJob,
-    pack_limit,
-    plan_packs,
-    requeue,
-    run_pack,
-)
+from .dispatch import Event, Failed, Finished, dispatch
+from .interfaces import ExecutorError, JobResult, OnDone, RetuneJob
+from .packing import Pack, pack_limit, plan_packs
 
 
 class _RetuneActor:
@@ -47,6 +40,7 @@ class _RetuneActor:
 
     def train(self, num_classes: int, parts: list):
         from ..training.engine import ClusterData
+        from .inline import run_pack
 
         datas = [ClusterData(images, labels, seed) for images, labels, seed in parts]
         return run_pack(self.backbone, self.cfg, num_classes, datas), self.device
@@ -88,7 +82,12 @@ class RayExecutor:
         self.cfg = cfg
         self._device_pref = rc.device
         self._args = (cfg.to_dict(), rc.device)
-        self.actors = [self._actor_cls.remote(*self._args) for _ in range(n)]
+        self.actors, self._pids = [], []
+        for _ in range(n):
+            actor, pid = self._new_actor()
+            self.actors.append(actor)
+            self._pids.append(pid)
+        self._busy: dict = {}  # object ref of a running job -> slot
         self.restarts = 0
 
     def workers_up(self) -> dict[str, int]:
@@ -101,49 +100,56 @@ class RayExecutor:
             return self._device_pref.split(":")[0]
         return "ray-gpu" if self._gpu else "cpu"
 
-    def actor_pids(self) -> list[int]:
-        return self._ray.get([a.pid.remote() for a in self.actors])
+    def _new_actor(self):
+        actor = self._actor_cls.remote(*self._args)
+        return actor, actor.pid.remote()  # queued first: answered once the actor is up
 
-    def _restart(self, i: int) -> None:
-        self._ray.kill(self.actors[i], no_restart=True)
-        self.actors[i] = self._actor_cls.remote(*self._args)
-        self.restarts += 1
+    def actor_pids(self) -> list[int]:
+        return self._ray.get(list(self._pids))
+
+    def busy_pids(self) -> list[int]:
+        """The worker processes of actors running a job (each answered its pid first)."""
+        slots = [i for i in self._busy.values()]
+        return self._ray.get([self._pids[i] for i in slots]) if slots else []
 
     def run(self, jobs: list[RetuneJob], on_done: OnDone | None = None) -> dict[str, JobResult]:
-        inflight: dict = {}
-        try:
-            return self._run(jobs, on_done, inflight)
-        except BaseException:
-            for i, _, _ in list(inflight.values()):  # no actor stays busy with a failed run
-                self._restart(i)
-            raise
+        if not self.actors:
+            raise ExecutorError("the executor is closed")
+        limit = pack_limit(self.cfg, {"cuda" if self._gpu else "cpu"})
+        return dispatch(
+            self,
+            plan_packs(jobs, limit, len(self.actors)),
+            max_retries=self.max_retries,
+            job_timeout_s=self.job_timeout_s,
+            on_done=on_done,
+        )
 
-    def _run(
-        self, jobs: list[RetuneJob], on_done: OnDone | None, inflight: dict
-    ) -> dict[str, JobResult]:
+    # Workers
+    def idle(self) -> list[int]:
+        """Free actors that are up (answered their pid; one that failed to start counts as
+        up, and its job fails like a dead worker's)."""
+        busy = set(self._busy.values())
+        free = [i for i in range(len(self.actors)) if i not in busy]
+        if not free:
+            return []
+        refs = [self._pids[i] for i in free]
+        up, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0)
+        up_ids = {id(r) for r in up}
+        return [i for i in free if id(self._pids[i]) in up_ids]
+
+    def start(self, slot: int, pack: Pack, deadline: float) -> None:
+        parts = [(d.images, d.labels, d.seed) for d in pack.load()]
+        self._busy[self.actors[slot].train.remote(pack.num_classes, parts)] = slot
+
+    def wait(self, timeout: float) -> list[Event]:
         ray = self._ray
-        kinds = {"cuda" if self._gpu else "cpu"}
-        limit = pack_limit(self.cfg, kinds)
-        pending = [(pack, 1) for pack in plan_packs(jobs, limit, len(self.actors))]
-        free = list(range(len(self.actors)))
-        results: dict[str, JobResult] = {}
-        while len(results) < len(jobs):
-            while free and pending:
-                pack, attempt = pending.pop(0)
-                i = free.pop(0)
-                parts = [(d.images, d.labels, d.seed) for d in pack.load()]
-                ref = self.actors[i].train.remote(pack.num_classes, parts)
-                inflight[ref] = (i, pack, attempt)
-            done, _ = ray.wait(list(inflight), num_returns=1, timeout=self.job_timeout_s)
-            if not done:
-                for i, pack, attempt in list(inflight.values()):
-                    pending = self._retry(pending, pack, attempt, "job timed out")
-                    self._restart(i)
-                    free.append(i)
-                inflight.clear()
-                continue
-            ref = done[0]
-            i, pack, attempt = inflight.pop(ref)
+        if not self._busy:
+            time.sleep(timeout)  # actors still starting
+            return []
+        done, _ = ray.wait(list(self._busy), num_returns=len(self._busy), timeout=timeout)
+        events: list[Event] = []
+        for ref in done:
+            slot = self._busy.pop(ref)
             try:
                 outputs, device = ray.get(ref)
             except (
@@ -151,19 +157,18 @@ class RayExecutor:
                 ray.exceptions.RayTaskError,
                 ray.exceptions.WorkerCrashedError,
             ) as exc:
-                pending = self._retry(pending, pack, attempt, f"{type(exc).__name__}")
-                self._restart(i)
-                free.append(i)
+                events.append(Failed(slot, _ray_reason(exc)))
                 continue
-            free.append(i)
-            for job, res in zip(pack.jobs, pack.results(outputs, device, attempt)):
-                results[job.key] = res
-                if on_done is not None:
-                    on_done(job, res)
-        return results
+            events.append(Finished(slot, outputs, device))
+        return events
 
-    def _retry(self, pending, pack: Pack, attempt: int, why: str):
-        return requeue(pending, pack, attempt, why, self.max_retries)
+    def replace(self, slot: int) -> None:
+        for ref, i in list(self._busy.items()):
+            if i == slot:
+                del self._busy[ref]
+        self._ray.kill(self.actors[slot], no_restart=True)
+        self.actors[slot], self._pids[slot] = self._new_actor()
+        self.restarts += 1
 
     def close(self) -> None:
         for a in self.actors:
@@ -171,6 +176,14 @@ class RayExecutor:
                 self._ray.kill(a, no_restart=True)
             except Exception:  # the cluster may already be gone
                 pass
-        self.actors = []
+        self.actors, self._pids, self._busy = [], [], {}
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
+
+
+def _ray_reason(exc: Exception) -> str:
+    """The task's own error where it raised one (``ValueError: ...``), else Ray's."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, Exception):
+        return f"{type(cause).__name__}: {cause}"
+    return type(exc).__name__
