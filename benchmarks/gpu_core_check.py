@@ -45,8 +45,8 @@ def main() -> None:
             t = time.perf_counter()
             m = er.build()
             report["build_s"] = round(time.perf_counter() - t, 2)
-            report["clusters"] = len(m["clusters"])
-            report["accuracy"] = m["accuracy"]
+            report["clusters"] = len(m.clusters)
+            report["accuracy"] = m.accuracy
             rows = er.samples()
             subject = next(
                 r["subject_id"]

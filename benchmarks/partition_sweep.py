@@ -118,11 +118,11 @@ def run(
                 {
                     "setting": setting,
                     "seed": seed,
-                    "clusters": len(m["clusters"]),
-                    "largest_share": m["cost"]["largest_share"],
-                    "expected_retrain_share": m["cost"]["expected_retrain_share"],
-                    "recluster_share": m["cost"]["recluster_share"],
-                    "accuracy": m["accuracy"],
+                    "clusters": len(m.clusters),
+                    "largest_share": m.cost["largest_share"],
+                    "expected_retrain_share": m.cost["expected_retrain_share"],
+                    "recluster_share": m.cost["recluster_share"],
+                    "accuracy": m.accuracy,
                     "seconds": time.perf_counter() - start,
                 }
             )

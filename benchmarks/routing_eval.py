@@ -41,7 +41,7 @@ def evaluate(config: Path, ks: list[int]) -> dict[str, tuple[float, float]]:
     cfg = load_config(config)
     with Eraser(cfg) as er:
         manifest = er.registry.load()
-        pred = Predictor.load(er.registry, er.backbone, manifest["version"])
+        pred = Predictor.load(er.registry, er.backbone, manifest.version)
         part = er.current_partition(manifest)
         test, train = er.store.rows("test"), er.store.rows("train")
         feats = ensure_features(er.store, er.backbone, test + train)

@@ -24,11 +24,12 @@ from .data.images import canonical_view
 from .data.store import SampleRow, Store
 from .executor import Executor, RetuneJob
 from .ids import member_seed, sha256_hex
+from .manifest import ChangeRecord, ClusterEntry, JobRecord, Manifest
 from .model.backbone import Backbone
 from .model.fastpath import FASTPATH_VERSION
 from .numerics import numeric_platform
 from .progress import bar
-from .registry import FORMAT, Registry
+from .registry import Registry
 from .training.engine import ENGINE_VERSION, ClusterData, predict_batch
 
 
@@ -103,11 +104,11 @@ def materialize(
     part: Partition,
     routing: Routing,
     test_features: dict[str, np.ndarray],
-    previous: dict | None,
+    previous: Manifest | None,
     change: Change,
     executor: Executor,
     reuse: Mapping[str, str] | None = None,
-) -> dict:
+) -> Manifest:
     """Write every blob of the new version and return its manifest (not yet current).
 
     ``reuse`` maps a cluster key of ``part`` to the key of the ``previous`` cluster whose
@@ -118,9 +119,9 @@ def materialize(
     by_id = {r.sample_id: r for r in store.rows()}
     fp_train = train_fingerprint(cfg, backbone, classes, executor.device_kind())
     reuse = dict(reuse or {})
-    if reuse and (previous is None or previous["train_fingerprint"] != fp_train):
+    if reuse and (previous is None or previous.train_fingerprint != fp_train):
         raise ValueError("clusters can be reused only from a previous version trained alike")
-    before = {c["key"]: c for c in previous["clusters"]} if reuse and previous else {}
+    before = {c.key: c for c in previous.clusters} if reuse and previous else {}
 
     test_ids = sorted(test_features)
     routed: list[list[str]] = [[] for _ in part.keys]
@@ -145,7 +146,7 @@ def materialize(
         test_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in routed[k])).encode())
         old = before[reuse[key]] if key in reuse else None
         if old is not None and _member_set(registry, old) != mset:
-            raise ValueError(f"cluster {key}: reused from {old['key']}, whose members differ")
+            raise ValueError(f"cluster {key}: reused from {old.key}, whose members differ")
         plans.append((k, key, members, mblob, mset, test_hash, old))
 
     jobs = []
@@ -162,11 +163,12 @@ def materialize(
             )
     with bar(total=sum(j.cost for j in jobs), desc="retune", unit="img-step") as progress:
         results = executor.run(jobs, on_done=lambda job, res: progress.update(job.cost))
-    clusters, retrained = [], []
+    clusters: list[ClusterEntry] = []
+    retrained: list[str] = []
     for k, key, members, mblob, mset, test_hash, old in plans:
         if old is not None:
-            prompt_h, head_h = old["prompt"], old["head"]
-            platform = old.get("platform")
+            prompt_h, head_h = old.prompt, old.head
+            platform = old.platform
         else:
             result = results[key]
             prompt_h = registry.put_tensors({"prompt": result.prompt})
@@ -175,28 +177,28 @@ def materialize(
             retrained.append(key)
         if (
             old is not None
-            and old["test_members"] == test_hash
-            and (old["prompt"], old["head"]) == (prompt_h, head_h)
+            and old.test_members == test_hash
+            and (old.prompt, old.head) == (prompt_h, head_h)
         ):
-            test_n, correct = old["test_n"], old["test_correct"]
+            test_n, correct = old.test_n, old.test_correct
         else:
             test_n, correct = _evaluate(
                 store, registry, backbone, prompt_h, head_h, [by_id[i] for i in routed[k]]
             )
         clusters.append(
-            {
-                "key": key,
-                "size": len(members),
-                "sample_count": sum(1 for i in members if i in part.sample),
-                "members": mblob,
-                "member_set": mset,
-                "prompt": prompt_h,
-                "head": head_h,
-                "test_members": test_hash,
-                "test_n": test_n,
-                "test_correct": correct,
-                "platform": platform,
-            }
+            ClusterEntry(
+                key=key,
+                size=len(members),
+                sample_count=sum(1 for i in members if i in part.sample),
+                members=mblob,
+                member_set=mset,
+                prompt=prompt_h,
+                head=head_h,
+                test_members=test_hash,
+                test_n=test_n,
+                test_correct=correct,
+                platform=platform,
+            )
         )
 
     protos_h = registry.put_tensors({"prototypes": torch.from_numpy(part.prototypes.copy())})
@@ -206,43 +208,42 @@ def materialize(
         route["points"] = registry.put_tensors(
             {"points": torch.from_numpy(routing.points), "owner": torch.from_numpy(routing.owner)}
         )
-    test_n = sum(c["test_n"] for c in clusters)
+    test_n = sum(c.test_n for c in clusters)
     cur = registry.current()
     sample_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in part.sample)).encode())
-    return {
-        "format": FORMAT,
-        "version": registry.next_version(),
-        "parent": cur[0] if cur else None,
-        "parent_manifest": cur[1] if cur else None,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config_hash": config_hash(cfg),
-        "config": cfg.to_dict(),
-        "backbone": backbone.identity(),
-        "classes": classes,
-        "train_fingerprint": fp_train,
-        "cluster_fingerprint": cluster_fingerprint(cfg, backbone),
-        "clustering": {"sample_count": len(part.sample), "sample_hash": sample_hash},
-        "prototypes": protos_h,
-        "routing": route,
-        "clusters": clusters,
-        "samples": {"train": sum(c["size"] for c in clusters), "test": test_n},
-        "accuracy": (sum(c["test_correct"] for c in clusters) / test_n) if test_n else None,
-        "cost": change.cost,
-        "change": {
-            "kind": change.kind,
-            "forgotten": change.forgotten,
-            "reclustered": change.reclustered,
-            "retrained": retrained,
-            "reused": len(clusters) - len(retrained),
-            "jobs": {
-                k: {"seconds": round(r.seconds, 3), "device": r.device, "attempts": r.attempts}
+    return Manifest(
+        version=registry.next_version(),
+        parent=cur[0] if cur else None,
+        parent_manifest=cur[1] if cur else None,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config_hash=config_hash(cfg),
+        config=cfg.to_dict(),
+        backbone=backbone.identity(),
+        classes=tuple(classes),
+        train_fingerprint=fp_train,
+        cluster_fingerprint=cluster_fingerprint(cfg, backbone),
+        clustering={"sample_count": len(part.sample), "sample_hash": sample_hash},
+        prototypes=protos_h,
+        routing=route,
+        clusters=tuple(clusters),
+        samples={"train": sum(c.size for c in clusters), "test": test_n},
+        accuracy=(sum(c.test_correct for c in clusters) / test_n) if test_n else None,
+        cost=change.cost,
+        change=ChangeRecord(
+            kind=change.kind,
+            forgotten=change.forgotten,
+            reclustered=change.reclustered,
+            retrained=tuple(retrained),
+            reused=len(clusters) - len(retrained),
+            jobs={
+                k: JobRecord(round(r.seconds, 3), r.device, r.attempts)
                 for k, r in sorted(results.items())
             },
-            "affected": list(change.affected),
-            "batch": change.batch,
-            "seconds": round(time.perf_counter() - started, 3),
-        },
-    }
+            affected=tuple(change.affected),
+            batch=change.batch,
+            seconds=round(time.perf_counter() - started, 3),
+        ),
+    )
 
 
 def member_set_hash(member_keys: list[str]) -> str:
@@ -252,10 +253,10 @@ def member_set_hash(member_keys: list[str]) -> str:
     return sha256_hex("\n".join(sorted(member_keys)).encode())
 
 
-def _member_set(registry: Registry, cluster: dict) -> str:
-    if "member_set" in cluster:
-        return cluster["member_set"]
-    blob = registry.get_json(cluster["members"], f"cluster {cluster['key']} members")
+def _member_set(registry: Registry, cluster: ClusterEntry) -> str:
+    if cluster.member_set is not None:
+        return cluster.member_set
+    blob = registry.get_json(cluster.members, f"cluster {cluster.key} members")
     return member_set_hash(blob["members"])
 
 

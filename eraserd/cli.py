@@ -107,20 +107,20 @@ def build(cfg, as_json: bool, if_missing: bool, force: bool) -> None:
                 "or --if-missing to skip"
             )
         m = er.build()
-    acc = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.2%}"
+    acc = "n/a" if m.accuracy is None else f"{m.accuracy:.2%}"
     _emit(
         as_json,
         {
-            "version": m["version"],
+            "version": m.version,
             "built": True,
-            "clusters": len(m["clusters"]),
-            "samples": m["samples"],
-            "accuracy": m["accuracy"],
-            "seconds": m["change"]["seconds"],
+            "clusters": len(m.clusters),
+            "samples": dict(m.samples),
+            "accuracy": m.accuracy,
+            "seconds": m.change.seconds,
         },
-        f"built version {m['version']}: {len(m['clusters'])} clusters, "
-        f"{m['samples']['train']} training samples, held-out accuracy {acc} "
-        f"({m['change']['seconds']:.1f}s)",
+        f"built version {m.version}: {len(m.clusters)} clusters, "
+        f"{m.samples['train']} training samples, held-out accuracy {acc} "
+        f"({m.change.seconds:.1f}s)",
     )
 
 

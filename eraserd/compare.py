@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .manifest import Manifest
 from .registry import Registry
 
 
@@ -29,38 +30,36 @@ def _tensor_diffs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dic
     return out
 
 
-def differences(current: dict, rebuilt: dict, mine: Registry, theirs: Registry) -> dict:
+def differences(current: Manifest, rebuilt: Manifest, mine: Registry, theirs: Registry) -> dict:
     """What exactly differs where two versions disagree: per tensor, the largest absolute
     difference and how many values differ; per member list, how many samples each side has
     that the other lacks. Keys are ``prototypes``, ``routing`` and ``<cluster>.<field>``."""
     out: dict[str, dict[str, str] | str] = {}
-    if current["prototypes"] != rebuilt["prototypes"]:
+    if current.prototypes != rebuilt.prototypes:
         out["prototypes"] = _tensor_diffs(
-            mine.get_tensors(current["prototypes"]), theirs.get_tensors(rebuilt["prototypes"])
+            mine.get_tensors(current.prototypes), theirs.get_tensors(rebuilt.prototypes)
         )
-    a_pts, b_pts = (m.get("routing", {}).get("points") for m in (current, rebuilt))
+    a_pts, b_pts = (m.routing.get("points") for m in (current, rebuilt))
     if a_pts and b_pts and a_pts != b_pts:
         out["routing"] = _tensor_diffs(mine.get_tensors(a_pts), theirs.get_tensors(b_pts))
-    new = {c["key"]: c for c in rebuilt["clusters"]}
-    for a in current["clusters"]:
-        b = new.get(a["key"])
+    new = {c.key: c for c in rebuilt.clusters}
+    for a in current.clusters:
+        b = new.get(a.key)
         if b is None:
             continue
         for field in ("prompt", "head"):
-            if a[field] != b[field]:
-                out[f"{a['key']}.{field}"] = _tensor_diffs(
-                    mine.get_tensors(a[field]), theirs.get_tensors(b[field])
+            if getattr(a, field) != getattr(b, field):
+                out[f"{a.key}.{field}"] = _tensor_diffs(
+                    mine.get_tensors(getattr(a, field)), theirs.get_tensors(getattr(b, field))
                 )
-        if a["members"] != b["members"]:
-            x = set(mine.get_json(a["members"])["members"])
-            y = set(theirs.get_json(b["members"])["members"])
-            out[f"{a['key']}.members"] = (
-                f"{len(x - y)} only in current, {len(y - x)} only in rebuild"
-            )
+        if a.members != b.members:
+            x = set(mine.get_json(a.members)["members"])
+            y = set(theirs.get_json(b.members)["members"])
+            out[f"{a.key}.members"] = f"{len(x - y)} only in current, {len(y - x)} only in rebuild"
     return out
 
 
-def compare_manifests(current: dict, rebuilt: dict, details: dict | None = None) -> dict:
+def compare_manifests(current: Manifest, rebuilt: Manifest, details: dict | None = None) -> dict:
     """Per-cluster differences between two versions; ``identical`` is the verdict.
     ``details`` (from ``differences``) says what differs inside each differing blob."""
     details = details or {}
@@ -83,21 +82,25 @@ def compare_manifests(current: dict, rebuilt: dict, details: dict | None = None)
         "prototypes",
         "routing",
     ):
-        if current.get(field) != rebuilt.get(field):
+        if getattr(current, field) != getattr(rebuilt, field):
             problems.append(f"{explain('', field)} differs")
-    cur = {c["key"]: c for c in current["clusters"]}
-    new = {c["key"]: c for c in rebuilt["clusters"]}
+    cur = {c.key: c for c in current.clusters}
+    new = {c.key: c for c in rebuilt.clusters}
     clusters = {}
     for key in sorted(set(cur) | set(new)):
         a, b = cur.get(key), new.get(key)
         if a is None or b is None:
             clusters[key] = "only in " + ("rebuild" if a is None else "current")
             continue
-        diffs = [explain(key, f) for f in ("members", "prompt", "head", "size") if a[f] != b[f]]
-        trained = (a.get("platform"), b.get("platform"))
+        diffs = [
+            explain(key, f)
+            for f in ("members", "prompt", "head", "size")
+            if getattr(a, f) != getattr(b, f)
+        ]
+        trained = (a.platform, b.platform)
         if not diffs:
             clusters[key] = "identical"
-        elif a["members"] == b["members"] and trained[0] != trained[1]:
+        elif a.members == b.members and trained[0] != trained[1]:
             # Same data, same seed, same config: the float results depend on the platform.
             clusters[key] = (
                 f"built on a different numeric platform ({trained[0] or 'unrecorded'}; "
@@ -105,14 +108,14 @@ def compare_manifests(current: dict, rebuilt: dict, details: dict | None = None)
             )
         else:
             clusters[key] = "differs: " + ", ".join(diffs)
-    if [c["key"] for c in current["clusters"]] != [c["key"] for c in rebuilt["clusters"]]:
+    if current.keys != rebuilt.keys:
         problems.append("cluster order differs")
     ok = not problems and all(v == "identical" for v in clusters.values())
     return {
         "identical": ok,
-        "version": current["version"],
+        "version": current.version,
         "problems": problems,
         "clusters": clusters,
-        "accuracy": {"current": current["accuracy"], "rebuilt": rebuilt["accuracy"]},
+        "accuracy": {"current": current.accuracy, "rebuilt": rebuilt.accuracy},
         "details": details,
     }

@@ -80,8 +80,8 @@ class Daemon:
                     "built initial model",
                     extra={
                         "fields": {
-                            "version": manifest["version"],
-                            "clusters": len(manifest["clusters"]),
+                            "version": manifest.version,
+                            "clusters": len(manifest.clusters),
                         }
                     },
                 )
@@ -98,7 +98,7 @@ class Daemon:
             current = self.eraser.registry.load()
             self.withheld = Withheld(cfg.state_dir)
             self.predictor = self._serving()
-            self.predicted_s = float(current["change"].get("seconds") or 60.0)
+            self.predicted_s = current.change.seconds or 60.0
             self.model = ModelFacts.from_manifest(current)
             self.started_at = clock()
             """When the daemon is ready to serve: uptime leaves out a first build."""
@@ -275,7 +275,7 @@ class Daemon:
         seconds = time.perf_counter() - started
         swapped = result.version != self.predictor.version
         if swapped:
-            model = ModelFacts.from_manifest(self.eraser.registry.load(result.version))
+            model = ModelFacts.from_manifest(result.manifest)
             self.predictor = self._serving()  # atomic swap of the serving snapshot
             self.model = model
         # Should this fail (a full disk), the retry finds the batch published and finishes it.
@@ -313,10 +313,10 @@ class Daemon:
     def _certify(self, bid: int, result) -> None:
         """Append a deletion certificate for each request of a published batch (before the
         batch is marked published; a retry does not certify a request twice)."""
-        manifest = self.eraser.registry.load(result.version)
+        manifest = result.manifest
         pointer = self.eraser.registry.current()
-        change = manifest["change"]
-        mine = change.get("batch") == f"batch-{bid}"  # else the batch changed nothing
+        change = manifest.change
+        mine = change.batch == f"batch-{bid}"  # else the batch changed nothing
         store = self.eraser.store
         now = self.clock()
         for req, samples, subjects in self.queue.request_items(bid):
@@ -327,11 +327,11 @@ class Daemon:
                     "samples": sorted(store.tombstone("sample", s) for s in samples),
                     "subjects": sorted(store.tombstone("subject", s) for s in subjects),
                     "affected_clusters": list(result.affected),
-                    "parent_version": manifest.get("parent") if mine else None,
-                    "parent_manifest": manifest.get("parent_manifest") if mine else None,
+                    "parent_version": manifest.parent if mine else None,
+                    "parent_manifest": manifest.parent_manifest if mine else None,
                     "version": result.version,
                     "manifest": pointer[1] if pointer else None,
-                    "purged_blobs": change.get("superseded", []) if mine else [],
+                    "purged_blobs": list(change.superseded or ()) if mine else [],
                     "submitted_at": _iso(req.created_at),
                     "published_at": _iso(now),
                 }

@@ -35,6 +35,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import planner
 from .config import Config
+from .manifest import Manifest
 from .queue import PENDING, BatchState
 
 # ``*_created`` series double every counter and histogram for no use here. This is
@@ -87,19 +88,18 @@ class ModelFacts:
     largest_share: float | None
 
     @classmethod
-    def from_manifest(cls, m: dict) -> ModelFacts:
-        sizes = {c["key"]: int(c["size"]) for c in m["clusters"]}
+    def from_manifest(cls, m: Manifest) -> ModelFacts:
+        sizes = m.sizes
         steps = planner.image_steps(m)
-        jobs = m.get("change", {}).get("jobs") or {}
-        cost = m.get("cost") or {}
+        cost = m.cost or {}
         return cls(
-            version=int(m["version"]),
+            version=m.version,
             sizes=tuple(sizes.values()),
-            train=int(m["samples"]["train"]),
-            test=int(m["samples"]["test"]),
-            created_at=datetime.fromisoformat(m["created_at"]).timestamp(),
+            train=int(m.samples["train"]),
+            test=int(m.samples["test"]),
+            created_at=datetime.fromisoformat(m.created_at).timestamp(),
             jobs=tuple(
-                (float(j["seconds"]), steps[k]) for k, j in sorted(jobs.items()) if k in sizes
+                (j.seconds, steps[k]) for k, j in sorted(m.change.jobs.items()) if k in sizes
             ),
             plan=planner.plan_inputs(m),
             retrain_share=cost.get("expected_retrain_share"),

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .errors import RegistryError
+from .manifest import ClusterEntry, Manifest
 from .registry import Registry
 
 
@@ -41,22 +42,21 @@ class VersionIndex:
         return sum(self.sizes)
 
 
-def index_version(manifest: dict, members: Callable[[dict], dict]) -> VersionIndex:
+def index_version(manifest: Manifest, members: Callable[[ClusterEntry], dict]) -> VersionIndex:
     """The index of one version; ``members(cluster)`` reads a cluster's member-list blob."""
     cluster_of: dict[str, int] = {}
     sample: set[str] = set()
-    for k, cluster in enumerate(manifest["clusters"]):
+    for k, cluster in enumerate(manifest.clusters):
         blob = members(cluster)
         cluster_of.update(dict.fromkeys(blob["members"], k))
         sample.update(blob["sample"])
-    cost = manifest.get("cost") or {}
     return VersionIndex(
-        manifest["version"],
-        tuple(c["key"] for c in manifest["clusters"]),
-        tuple(c["size"] for c in manifest["clusters"]),
+        manifest.version,
+        manifest.keys,
+        tuple(c.size for c in manifest.clusters),
         cluster_of,
         frozenset(sample),
-        float(cost.get("recluster_share", 1.0)),
+        float((manifest.cost or {}).get("recluster_share", 1.0)),
     )
 
 
@@ -110,5 +110,5 @@ class PlanCache:
     def plan(self, keys: Iterable[str]) -> dict:
         return plan(self.index(), keys)
 
-    def _members(self, cluster: dict) -> dict:
-        return self._registry.get_json(cluster["members"], f"cluster {cluster['key']} members")
+    def _members(self, cluster: ClusterEntry) -> dict:
+        return self._registry.get_json(cluster.members, f"cluster {cluster.key} members")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ import numpy as np
 
 from . import poisson
 from .config import cluster_epochs
+from .manifest import Manifest
 from .units import DAY_S, format_duration
 
 SHORTEST_WINDOW_S = 60.0
@@ -90,22 +91,19 @@ def retune_times(
     return RetuneTimes(secs, per, len(known), basis)
 
 
-def cluster_epochs_of(manifest: Mapping) -> list[int]:
+def cluster_epochs_of(manifest: Manifest) -> list[int]:
     """Each cluster's epochs under the version's training config (``min_steps`` included)."""
-    t = manifest["config"]["training"]
+    t = manifest.training
     return [
-        cluster_epochs(
-            int(c["size"]), int(t["epochs"]), int(t["batch_size"]), t.get("min_steps", 0)
-        )
-        for c in manifest["clusters"]
+        cluster_epochs(c.size, int(t["epochs"]), int(t["batch_size"]), t.get("min_steps", 0))
+        for c in manifest.clusters
     ]
 
 
-def image_steps(manifest: Mapping) -> dict[str, float]:
+def image_steps(manifest: Manifest) -> dict[str, float]:
     """Image-steps (size x epochs) of each cluster of a version, by key."""
     return {
-        c["key"]: float(c["size"] * e)
-        for c, e in zip(manifest["clusters"], cluster_epochs_of(manifest))
+        c.key: float(c.size * e) for c, e in zip(manifest.clusters, cluster_epochs_of(manifest))
     }
 
 
@@ -127,23 +125,22 @@ class PlanInputs:
     measured throughput. ``None``: the sum of the clusters' times (equal epochs)."""
 
 
-def plan_inputs(manifest: Mapping) -> PlanInputs:
+def plan_inputs(manifest: Manifest) -> PlanInputs:
     """Cluster sizes and retune times of a version manifest (``change.jobs`` holds the
     seconds of every cluster that version trained)."""
-    clusters = manifest["clusters"]
-    jobs = manifest["change"].get("jobs") or {}
-    sizes = tuple(int(c["size"]) for c in clusters)
-    measured = [jobs[c["key"]]["seconds"] if c["key"] in jobs else None for c in clusters]
+    clusters, jobs = manifest.clusters, manifest.change.jobs
+    sizes = tuple(c.size for c in clusters)
+    measured = [jobs[c.key].seconds if c.key in jobs else None for c in clusters]
     times = retune_times(sizes, cluster_epochs_of(manifest), measured)
-    t, n = manifest["config"]["training"], sum(sizes)
+    t, n = manifest.training, sum(sizes)
     single = n * cluster_epochs(n, int(t["epochs"]), int(t["batch_size"]), t.get("min_steps", 0))
     return PlanInputs(
-        int(manifest["version"]),
+        manifest.version,
         sizes,
-        tuple(int(c.get("sample_count", 0)) for c in clusters),
+        tuple(c.sample_count for c in clusters),
         times,
-        float(manifest["change"].get("seconds") or 60.0),
-        float((manifest.get("cost") or {}).get("recluster_share", 0.0)),
+        manifest.change.seconds or 60.0,
+        float((manifest.cost or {}).get("recluster_share", 0.0)),
         single * times.seconds_per_sample_epoch,
     )
 

@@ -22,8 +22,8 @@ from safetensors.torch import save as st_save
 from .errors import CorruptBlobError, RegistryError
 from .fsutil import atomic_write, fsync_dir
 from .ids import sha256_hex
+from .manifest import Manifest
 
-FORMAT = "eraserd.version/1"
 _VERSION_FILE = re.compile(r"^(\d{6,})\.json$")
 
 
@@ -94,11 +94,11 @@ class Registry:
         cur = self.current()
         return max(known + ([cur[0]] if cur else []) + [0]) + 1
 
-    def write_version(self, manifest: dict) -> str:
+    def write_version(self, manifest: Manifest) -> str:
         """Write a version manifest (not yet current); returns its file hash."""
         self._ensure()
-        data = json.dumps(manifest, sort_keys=True, indent=1).encode()
-        atomic_write(self._version_path(manifest["version"]), data)
+        data = json.dumps(manifest.to_dict(), sort_keys=True, indent=1).encode()
+        atomic_write(self._version_path(manifest.version), data)
         return sha256_hex(data)
 
     def current(self) -> tuple[int, str] | None:
@@ -114,7 +114,7 @@ class Registry:
         """Atomically make ``version`` current."""
         atomic_write(self.root / "CURRENT", f"{version} {manifest_sha}\n".encode())
 
-    def load(self, version: int | None = None) -> dict:
+    def load(self, version: int | None = None) -> Manifest:
         """Load a manifest (CURRENT by default), verifying its hash against CURRENT."""
         cur = self.current()
         if version is None:
@@ -130,32 +130,21 @@ class Registry:
             raise CorruptBlobError(
                 f"version {version} manifest is corrupt (hash mismatch with CURRENT in {path})"
             )
-        manifest = json.loads(data)
-        if manifest.get("format") != FORMAT:
-            raise RegistryError(f"{path}: unknown manifest format {manifest.get('format')!r}")
-        return manifest
+        return Manifest.from_dict(json.loads(data), where=str(path))
 
     # ---- garbage collection ---------------------------------------------------------------
 
-    def referenced(self, manifest: dict) -> set[str]:
-        refs = {manifest["prototypes"]}
-        if "points" in manifest.get("routing", {}):
-            refs.add(manifest["routing"]["points"])
-        for c in manifest["clusters"]:
-            refs.update((c["members"], c["prompt"], c["head"]))
-        return refs
-
-    def collect(self, keep: dict) -> int:
+    def collect(self, keep: Manifest) -> int:
         """Delete every version but ``keep`` and every blob it does not reference."""
         self._ensure()
         removed = 0
         for v in self.list_versions():
-            if v != keep["version"]:
+            if v != keep.version:
                 self._version_path(v).unlink()
                 removed += 1
         for tmp in list(self.versions.glob(".*.tmp*")) + list(self.blobs.glob("*/.*.tmp*")):
             tmp.unlink(missing_ok=True)
-        refs = self.referenced(keep)
+        refs = keep.blobs()
         for path in self.blobs.glob("*/*.bin"):
             if path.stem not in refs:
                 path.unlink()

@@ -31,6 +31,7 @@ from .data.store import SampleRow, Store
 from .errors import ConfigError, DataError, RegistryError
 from .executor import Executor, create_executor
 from .ids import unit_interval
+from .manifest import Manifest
 from .model.backbone import Backbone, load_backbone
 from .model.features import ensure_features
 from .model.predictor import Predictor
@@ -53,6 +54,8 @@ class ForgetResult:
     affected: list[str]
     retrained: list[str]
     reclustered: bool
+    manifest: Manifest
+    """The version now current (the one a batch that changed nothing left current)."""
 
 
 class Eraser:
@@ -109,7 +112,7 @@ class Eraser:
         with bar(total=None, desc="ingest", unit="img") as progress:
             return self.store.ingest(source, split_of, progress=progress.update)
 
-    def build(self) -> dict:
+    def build(self) -> Manifest:
         """Build a version from scratch on the live store (ingesting first if empty)."""
         if self.store.is_empty():
             self.ingest()
@@ -136,7 +139,7 @@ class Eraser:
         train: list[SampleRow],
         feats: dict[str, np.ndarray],
         evaluations: int = DEFAULT_EVALUATIONS,
-        previous: dict | None = None,
+        previous: Mapping | None = None,
     ) -> dict:
         """What a random single deletion from ``part`` retrains (see ``cost.py``). With the
         ``previous`` version's cost and an unchanged clustering, the replayed recluster terms
@@ -165,7 +168,7 @@ class Eraser:
         part: Partition,
         feats: dict,
         test: list[SampleRow],
-        previous: dict | None,
+        previous: Manifest | None,
         change: Change,
         reuse: Mapping[str, str] | None = None,
     ) -> dict:
@@ -184,28 +187,28 @@ class Eraser:
             reuse,
         )
 
-    def _publish(self, manifest: dict) -> None:
+    def _publish(self, manifest: Manifest) -> None:
         sha = self.registry.write_version(manifest)
-        self.registry.swap(manifest["version"], sha)
+        self.registry.swap(manifest.version, sha)
 
     # ---- forget ---------------------------------------------------------------------------
 
-    def current_partition(self, manifest: dict) -> Partition:
+    def current_partition(self, manifest: Manifest) -> Partition:
         key_to_id = {r.key: r.sample_id for r in self.store.rows()}
         members, sample = [], set()
-        for c in manifest["clusters"]:
-            blob = self.registry.get_json(c["members"], f"cluster {c['key']} members")
+        for c in manifest.clusters:
+            blob = self.registry.get_json(c.members, f"cluster {c.key} members")
             try:
                 members.append(tuple(sorted(key_to_id[k] for k in blob["members"])))
                 sample.update(key_to_id[k] for k in blob["sample"])
             except KeyError:
                 raise RegistryError(
-                    f"cluster {c['key']}: membership names samples the store "
+                    f"cluster {c.key}: membership names samples the store "
                     "no longer holds; run `eraserd build --force`"
                 ) from None
-        protos = self.registry.get_tensors(manifest["prototypes"], "prototypes")["prototypes"]
+        protos = self.registry.get_tensors(manifest.prototypes, "prototypes")["prototypes"]
         return Partition(
-            tuple(c["key"] for c in manifest["clusters"]),
+            manifest.keys,
             protos.numpy(),
             tuple(members),
             frozenset(sample),
@@ -232,11 +235,11 @@ class Eraser:
         else:
             rows = self.store.resolve(sample_ids, subject_ids)  # unknown ids: raises
         manifest = self.registry.load()
-        if batch is not None and manifest["change"].get("batch") == batch:
+        if batch is not None and manifest.change.batch == batch:
             emit("purging")
             return self._finish(manifest, rows, subject_ids)  # published before a crash
         if not rows:
-            return ForgetResult(manifest["version"], 0, [], [], False)
+            return ForgetResult(manifest.version, 0, [], [], False, manifest)
         self.check_blobs(manifest)  # never build a new version on top of a corrupt one
         old = self.current_partition(manifest)
         gone = {r.sample_id for r in rows}
@@ -255,55 +258,52 @@ class Eraser:
             sorted(r.sample_id for r in rows if r.split == "train"),
             Settings.of(self.cfg),
             feats,
-            clustering_changed=manifest["cluster_fingerprint"]
+            clustering_changed=manifest.cluster_fingerprint
             != cluster_fingerprint(self.cfg, self.backbone),
-            training_changed=manifest["train_fingerprint"] != fp_train,
+            training_changed=manifest.train_fingerprint != fp_train,
         )
         part = decision.partition
         # Same clustering and same training settings: the replayed recluster terms still hold.
-        same = not decision.recluster and manifest["config_hash"] == config_hash(self.cfg)
-        cost = self._cost(part, live_train, feats, previous=manifest.get("cost") if same else None)
+        same = not decision.recluster and manifest.config_hash == config_hash(self.cfg)
+        cost = self._cost(part, live_train, feats, previous=manifest.cost if same else None)
         emit("retuning")
         change = Change("forget", len(rows), decision.recluster, batch, decision.affected, cost)
         parent = manifest
         manifest = self._materialize(part, feats, live_test, parent, change, decision.reuse)
         # What the purge will delete: the blobs only the parent used (named in certificates).
-        manifest["change"]["superseded"] = sorted(
-            self.registry.referenced(parent) - self.registry.referenced(manifest)
-        )
+        manifest = manifest.with_change(superseded=tuple(sorted(parent.blobs() - manifest.blobs())))
         sha = self.registry.write_version(manifest)
         emit("written")
-        self.registry.swap(manifest["version"], sha)
+        self.registry.swap(manifest.version, sha)
         emit("swapped")
         emit("purging")
         return self._finish(manifest, rows, subject_ids)
 
-    def _finish(self, manifest: dict, rows: list[SampleRow], subject_ids) -> ForgetResult:
+    def _finish(self, manifest: Manifest, rows: list[SampleRow], subject_ids) -> ForgetResult:
         """Erase the forgotten samples and every superseded version (idempotent)."""
         self.store.purge(rows, subject_ids)
         self.registry.collect(manifest)
-        change = manifest["change"]
+        change = manifest.change
         return ForgetResult(
-            manifest["version"],
-            change["forgotten"],
-            list(change.get("affected", [])),
-            change["retrained"],
-            change["reclustered"],
+            manifest.version,
+            change.forgotten,
+            list(change.affected),
+            list(change.retrained),
+            change.reclustered,
+            manifest,
         )
 
-    def member_keys(self, manifest: dict) -> dict[str, set[str]]:
+    def member_keys(self, manifest: Manifest) -> dict[str, set[str]]:
         """Each cluster's members (store keys) in ``manifest``."""
         return {
-            c["key"]: set(
-                self.registry.get_json(c["members"], f"cluster {c['key']} members")["members"]
-            )
-            for c in manifest["clusters"]
+            c.key: set(self.registry.get_json(c.members, f"cluster {c.key} members")["members"])
+            for c in manifest.clusters
         }
 
     def published_batch(self) -> str | None:
         """The daemon batch that produced the current version (None for a build or a CLI
         forget): a batch named here is published and only needs finishing."""
-        return self.registry.load()["change"].get("batch")
+        return self.registry.load().change.batch
 
     def reconcile(self) -> int:
         """Purge training samples that the current version dropped but the store still holds
@@ -312,16 +312,12 @@ class Eraser:
         Returns how many samples were purged. Idempotent.
         """
         manifest = self.registry.load()
-        members: set[str] = set()
-        for c in manifest["clusters"]:
-            members.update(
-                self.registry.get_json(c["members"], f"cluster {c['key']} members")["members"]
-            )
+        members: set[str] = set().union(*self.member_keys(manifest).values())
         dropped = [r for r in self.store.rows("train") if r.key not in members]
         if dropped:
             log.warning(
                 "purging samples the current version dropped",
-                extra={"fields": {"samples": len(dropped), "version": manifest["version"]}},
+                extra={"fields": {"samples": len(dropped), "version": manifest.version}},
             )
             self.store.purge(dropped)
         self.registry.collect(manifest)
@@ -345,12 +341,12 @@ class Eraser:
             c = e.get("certificate") or {}
             where = f"entry seq {e.get('seq')} (request {c.get('request')})"
             version = c.get("version")
-            if not isinstance(version, int) or version > current["version"]:
+            if not isinstance(version, int) or version > current.version:
                 problems.append(
                     f"{where}: certifies version {version}, but the current version is "
-                    f"{current['version']}"
+                    f"{current.version}"
                 )
-            elif version == current["version"] and c.get("manifest") != pointer[1]:
+            elif version == current.version and c.get("manifest") != pointer[1]:
                 problems.append(f"{where}: version {version} is not the manifest CURRENT names")
             samples.update((d, where) for d in c.get("samples") or [])
             subjects.update((d, where) for d in c.get("subjects") or [])
@@ -368,12 +364,11 @@ class Eraser:
             )
             if where:
                 problems.append(f"{where}: a certified sample is still in the store")
-        for c in current["clusters"]:
-            members = self.registry.get_json(c["members"], f"cluster {c['key']} members")
-            stray = set(members["members"]) - live
+        for key, members in self.member_keys(current).items():
+            stray = members - live
             if stray:
                 problems.append(
-                    f"cluster {c['key']}: {len(stray)} member(s) of the current version are "
+                    f"cluster {key}: {len(stray)} member(s) of the current version are "
                     "not live samples"
                 )
         stray_features = self.store.feature_keys() - live
@@ -389,7 +384,7 @@ class Eraser:
             "entries": len(lines),
             "certified_samples": len(samples),
             "certified_subjects": len(subjects),
-            "version": current["version"],
+            "version": current.version,
             "problems": problems,
         }
 
@@ -399,8 +394,7 @@ class Eraser:
         """Rebuild from scratch on the live data in a private temp dir and compare."""
         current = self.registry.load()
         self.check_blobs(current)
-        trained_det = current["config"].get("runtime", {}).get("deterministic", True)
-        if not (self.cfg.runtime.deterministic and trained_det):
+        if not (self.cfg.runtime.deterministic and current.deterministic):
             raise ConfigError(
                 "runtime.deterministic: verify compares bit for bit, which needs a model trained "
                 "and rebuilt in deterministic mode; packed mode (deterministic: false) matches a "
@@ -418,35 +412,33 @@ class Eraser:
             shutil.rmtree(tmp, ignore_errors=True)
         return compare_manifests(current, rebuilt, details)
 
-    def check_blobs(self, manifest: dict) -> None:
-        for digest in sorted(self.registry.referenced(manifest)):
+    def check_blobs(self, manifest: Manifest) -> None:
+        for digest in sorted(manifest.blobs()):
             self.registry.get_blob(digest)
 
     # ---- inspect --------------------------------------------------------------------------
 
     def info(self) -> dict:
         m = self.registry.load()
-        cost = m.get("cost") or self.current_cost(m)
+        cost = m.cost or self.current_cost(m)
         return {
-            "version": m["version"],
-            "parent": m["parent"],
-            "created_at": m["created_at"],
-            "backbone": m["backbone"],
-            "classes": m["classes"],
-            "samples": m["samples"],
-            "clusters": len(m["clusters"]),
-            "cluster_sizes": {c["key"]: c["size"] for c in m["clusters"]},
-            "accuracy": m["accuracy"],
-            "routing": {
-                k: v for k, v in m.get("routing", {"method": "prototype"}).items() if k != "points"
-            },
-            "change": m["change"],
+            "version": m.version,
+            "parent": m.parent,
+            "created_at": m.created_at,
+            "backbone": dict(m.backbone),
+            "classes": list(m.classes),
+            "samples": dict(m.samples),
+            "clusters": len(m.clusters),
+            "cluster_sizes": m.sizes,
+            "accuracy": m.accuracy,
+            "routing": {k: v for k, v in m.routing.items() if k != "points"},
+            "change": m.change.to_dict(),
             "expected_retrain_share": cost["expected_retrain_share"],
             "largest_cluster_share": cost["largest_share"],
             "cost": cost,
         }
 
-    def current_cost(self, manifest: dict) -> dict:
+    def current_cost(self, manifest: Manifest) -> Mapping:
         """The deletion cost of a version written before manifests carried it."""
         part = self.current_partition(manifest)
         train = [r for r in self.store.rows("train") if r.sample_id in part.cluster_of()]
@@ -455,10 +447,9 @@ class Eraser:
     def samples(self, cluster: str | None = None) -> list[dict]:
         """Live samples, all or one cluster's; ``cluster="-"`` selects the held-out ones."""
         m = self.registry.load()
-        keys = {c["key"] for c in m["clusters"]}
-        if cluster is not None and cluster != HELD_OUT and cluster not in keys:
+        if cluster is not None and cluster != HELD_OUT and cluster not in m.keys:
             raise RegistryError(
-                f"no cluster {cluster!r} in version {m['version']} "
+                f"no cluster {cluster!r} in version {m.version} "
                 f"(use {HELD_OUT!r} for held-out samples)"
             )
         part = self.current_partition(m)

@@ -18,10 +18,10 @@ def model_view(er: Eraser) -> dict:
     """Everything that defines the model, in a form independent of the state dir's secret."""
     m = er.registry.load()
     return {
-        "keys": [c["key"] for c in m["clusters"]],
-        "prototypes": m["prototypes"],
-        "routing": m["routing"],
-        "blobs": {c["key"]: (c["prompt"], c["head"]) for c in m["clusters"]},
+        "keys": list(m.keys),
+        "prototypes": m.prototypes,
+        "routing": dict(m.routing),
+        "blobs": {c.key: (c.prompt, c.head) for c in m.clusters},
         "members": membership(er),
         "in_sample": sorted(s["sample_id"] for s in er.samples() if s["in_clustering_sample"]),
     }

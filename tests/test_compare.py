@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from eraserd.compare import compare_manifests, differences
+from eraserd.manifest import FORMAT, Manifest
 from eraserd.registry import Registry
 
 
@@ -24,17 +27,30 @@ def version(reg: Registry, prompt: torch.Tensor, weight: torch.Tensor, members: 
         "head": reg.put_tensors({"weight": torch.ones(3, 2), "bias": torch.ones(3)}),
         "size": 1,
     }
-    return {
-        "version": 4,
-        "accuracy": 0.5,
-        "backbone": {},
-        "classes": ["a", "b", "c"],
-        "train_fingerprint": "t",
-        "cluster_fingerprint": "c",
-        "clustering": {},
-        "prototypes": reg.put_tensors({"prototypes": torch.zeros(2, 2)}),
-        "clusters": [cluster, keep],
-    }
+    return Manifest.from_dict(
+        {
+            "format": FORMAT,
+            "version": 4,
+            "created_at": "2026-11-30T00:00:00+00:00",
+            "config_hash": "h",
+            "config": {},
+            "samples": {"train": len(members) + 1, "test": 0},
+            "accuracy": 0.5,
+            "backbone": {},
+            "classes": ["a", "b", "c"],
+            "train_fingerprint": "t",
+            "cluster_fingerprint": "c",
+            "clustering": {},
+            "prototypes": reg.put_tensors({"prototypes": torch.zeros(2, 2)}),
+            "clusters": [cluster, keep],
+        }
+    )
+
+
+def on_platform(m: Manifest, platform: str) -> Manifest:
+    """``m`` with its first cluster trained on ``platform``."""
+    first = dataclasses.replace(m.clusters[0], platform=platform)
+    return dataclasses.replace(m, clusters=(first, *m.clusters[1:]))
 
 
 def test_identical_versions_say_so(tmp_path):
@@ -73,7 +89,7 @@ def test_shapes_and_prototypes(tmp_path):
     a, b = Registry(tmp_path / "a"), Registry(tmp_path / "b")
     w = torch.arange(6.0).reshape(3, 2)
     va, vb = version(a, torch.zeros(4), w, ["x"]), version(b, torch.zeros(5), w, ["x"])
-    vb["prototypes"] = b.put_tensors({"prototypes": torch.ones(2, 2)})
+    vb = dataclasses.replace(vb, prototypes=b.put_tensors({"prototypes": torch.ones(2, 2)}))
     details = differences(va, vb, a, b)
     assert details["c1.prompt"] == {"prompt": "torch.float32[4] vs torch.float32[5]"}
     assert details["prototypes"] == {"prototypes": "max |diff| 1, 4 of 4 values differ"}
@@ -88,8 +104,8 @@ def test_a_cluster_trained_on_another_platform_says_so(tmp_path):
     w = torch.arange(6.0).reshape(3, 2)
     va = version(a, torch.zeros(4), w, ["x", "y"])
     vb = version(b, torch.zeros(4), w + 1e-6, ["x", "y"])
-    va["clusters"][0]["platform"] = "torch 2.14.1; cpu AVX2"
-    vb["clusters"][0]["platform"] = "torch 2.14.1; cpu AVX512"
+    va = on_platform(va, "torch 2.14.1; cpu AVX2")
+    vb = on_platform(vb, "torch 2.14.1; cpu AVX512")
     report = compare_manifests(va, vb, differences(va, vb, a, b))
     assert not report["identical"]
     verdict = report["clusters"]["c1"]
@@ -98,7 +114,7 @@ def test_a_cluster_trained_on_another_platform_says_so(tmp_path):
         "rebuilt on torch 2.14.1; cpu AVX512): head (weight: max |diff| "
     ), verdict
     # Same platform, or different members: a plain difference, not the platform's doing.
-    vb["clusters"][0]["platform"] = va["clusters"][0]["platform"]
+    vb = on_platform(vb, "torch 2.14.1; cpu AVX2")
     assert compare_manifests(va, vb)["clusters"]["c1"] == "differs: head"
 
 
@@ -109,5 +125,5 @@ def test_a_real_build_records_its_numeric_platform(make_config, lite0_32):
     cfg = make_config("p", clustering={"n_clusters": 2}, training={"epochs": 1, "warmup_epochs": 0})
     with Eraser(cfg, backbone=lite0_32) as er:
         manifest = er.build()
-    assert {c["platform"] for c in manifest["clusters"]} == {numeric_platform("cpu")}
+    assert {c.platform for c in manifest.clusters} == {numeric_platform("cpu")}
     assert numeric_platform("cpu").startswith(f"torch {torch.__version__}; cpu ")

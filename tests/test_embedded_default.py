@@ -28,16 +28,16 @@ def test_embedded_default_builds_accurately(tmp_path, record_property):
     seconds = time.perf_counter() - start
     record_property(
         "summary",
-        f"embedded default: {len(manifest['clusters'])} clusters, "
-        f"accuracy {manifest['accuracy']:.4f}, build {seconds:.1f}s, "
-        f"retrain/deletion {manifest['cost']['expected_retrain_share']:.3f}",
+        f"embedded default: {len(manifest.clusters)} clusters, "
+        f"accuracy {manifest.accuracy:.4f}, build {seconds:.1f}s, "
+        f"retrain/deletion {manifest.cost['expected_retrain_share']:.3f}",
     )
-    assert manifest["samples"] == {"train": 1464, "test": 333}
-    assert manifest["accuracy"] >= 0.90
-    assert manifest["config"]["backbone"]["weights"] == "builtin:efficientnet_lite0"
-    assert len(manifest["clusters"]) >= 2
+    assert manifest.samples == {"train": 1464, "test": 333}
+    assert manifest.accuracy >= 0.90
+    assert manifest.config["backbone"]["weights"] == "builtin:efficientnet_lite0"
+    assert len(manifest.clusters) >= 2
     cap = raw["clustering"]["max_cluster_share"]
-    assert max(c["size"] for c in manifest["clusters"]) <= cap * 1464
-    assert manifest["cost"]["largest_share"] <= cap
-    assert manifest["cost"]["expected_retrain_share"] <= 0.15
+    assert max(c.size for c in manifest.clusters) <= cap * 1464
+    assert manifest.cost["largest_share"] <= cap
+    assert manifest.cost["expected_retrain_share"] <= 0.15
     shutil.rmtree(tmp_path / "state")

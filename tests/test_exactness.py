@@ -69,8 +69,8 @@ def test_forget_non_sample_points_retrains_only_affected(make_config, lite0_32):
         er.build()
         before = er.registry.load()
         blob_bytes = {
-            c["key"]: {f: er.registry.get_blob(c[f]) for f in ("prompt", "head", "members")}
-            for c in before["clusters"]
+            c.key: {f: er.registry.get_blob(getattr(c, f)) for f in ("prompt", "head", "members")}
+            for c in before.clusters
         }
         rows = [r for r in er.samples() if r["split"] == "train" and not r["in_clustering_sample"]]
         # Two points from one cluster and one from another: two affected clusters.
@@ -85,21 +85,23 @@ def test_forget_non_sample_points_retrains_only_affected(make_config, lite0_32):
         assert not result.reclustered
         assert sorted(result.affected) == sorted([first, second])
         assert sorted(result.retrained) == sorted([first, second])
-        assert after["change"]["reused"] == len(after["clusters"]) - 2
-        assert after["prototypes"] == before["prototypes"]
-        old = {c["key"]: c for c in before["clusters"]}
-        for c in after["clusters"]:
-            if c["key"] in (first, second):
-                assert c["members"] != old[c["key"]]["members"]
-                assert (c["prompt"], c["head"]) != (old[c["key"]]["prompt"], old[c["key"]]["head"])
-                assert c["size"] == old[c["key"]]["size"] - (2 if c["key"] == first else 1)
+        assert after.change.reused == len(after.clusters) - 2
+        assert after.prototypes == before.prototypes
+        old = {c.key: c for c in before.clusters}
+        for c in after.clusters:
+            if c.key in (first, second):
+                assert c.members != old[c.key].members
+                assert (c.prompt, c.head) != (old[c.key].prompt, old[c.key].head)
+                assert c.size == old[c.key].size - (2 if c.key == first else 1)
             else:
-                assert {f: c[f] for f in ("members", "prompt", "head")} == {
-                    f: old[c["key"]][f] for f in ("members", "prompt", "head")
-                }
+                assert (c.members, c.prompt, c.head) == (
+                    old[c.key].members,
+                    old[c.key].prompt,
+                    old[c.key].head,
+                )
                 assert {
-                    f: er.registry.get_blob(c[f]) for f in ("prompt", "head", "members")
-                } == blob_bytes[c["key"]]
+                    f: er.registry.get_blob(getattr(c, f)) for f in ("prompt", "head", "members")
+                } == blob_bytes[c.key]
         assert er.verify()["identical"]
 
 
@@ -170,9 +172,9 @@ def test_bounded_clusters_forget_what_the_cost_model_says(make_config, lite0_32)
     cfg = make_config("f", clustering=clustering)
     with Eraser(cfg, backbone=lite0_32) as er:
         first = er.build()
-        assert len(first["clusters"]) >= 3, "the cap must split the data"
-        assert first["cost"]["largest_share"] <= 0.3
-        assert first["cost"]["expected_retrain_share"] < 0.5
+        assert len(first.clusters) >= 3, "the cap must split the data"
+        assert first.cost["largest_share"] <= 0.3
+        assert first.cost["expected_retrain_share"] < 0.5
         rows = [r for r in er.samples() if r["split"] == "train"]
         outside = next(r for r in rows if not r["in_clustering_sample"])
         result = er.forget(sample_ids=[outside["sample_id"]])
@@ -184,9 +186,9 @@ def test_bounded_clusters_forget_what_the_cost_model_says(make_config, lite0_32)
         feats = ensure_features(er.store, er.backbone, [r for r in er.store.rows("train")])
         # The clustering did not change: the recluster terms are carried, not replayed, and
         # the direct terms are those of a fresh replay on the remaining data.
-        carried = manifest["cost"]
-        assert carried["replayed_train"] == first["cost"]["train"] == carried["train"] + 1
-        assert carried["recluster_share"] == first["cost"]["recluster_share"]
+        carried = manifest.cost
+        assert carried["replayed_train"] == first.cost["train"] == carried["train"] + 1
+        assert carried["recluster_share"] == first.cost["recluster_share"]
         fresh = er.current_cost(manifest)
         for key in ("train", "sample", "clusters", "largest_share", "direct_share"):
             assert carried[key] == fresh[key], key
@@ -197,7 +199,7 @@ def test_bounded_clusters_forget_what_the_cost_model_says(make_config, lite0_32)
         result = er.forget(sample_ids=[victim])
         after = er.registry.load()
         assert result.reclustered
-        sizes = {c["key"]: c["size"] for c in after["clusters"]}
+        sizes = after.sizes
         assert (sum(sizes[k] for k in result.retrained), len(result.retrained)) == predicted
-        assert after["cost"]["train"] == len(train) - 1
+        assert after.cost["train"] == len(train) - 1
         assert er.verify()["identical"]

@@ -72,8 +72,8 @@ def test_worker_killed_mid_job_is_retried(make_config, inline_view):
 
         assert not torch.cuda.is_initialized(), "the parent must never initialise CUDA"
         assert killed[0] not in [p for ps in pool.worker_pids().values() for p in ps]
-        retried = [k for k, j in manifest["change"]["jobs"].items() if j["attempts"] == 2]
-        assert retried, manifest["change"]["jobs"]
+        retried = [k for k, j in manifest.change.jobs.items() if j.attempts == 2]
+        assert retried, manifest.change.jobs
         assert forget_two(er) == inline_view
 
 

@@ -29,7 +29,7 @@ def test_forget_leaves_no_trace_on_disk(make_config, digits_data, lite0_32):
         assert len(feats) == 3
         # Routing by neighbors stores training features in the model: the victims' too.
         feature_bytes = {k: np.asarray(f, dtype=np.float32).tobytes() for k, f in feats.items()}
-        points = er.registry.get_blob(er.registry.load()["routing"]["points"])
+        points = er.registry.get_blob(er.registry.load().routing["points"])
         assert all(b in points for b in feature_bytes.values())
         old_blobs = {p.name for p, _ in tree_bytes(cfg.state_dir / "registry" / "blobs")}
         # Sanity: before forgetting, the search does find the traces it looks for.
@@ -58,8 +58,8 @@ def test_forget_leaves_no_trace_on_disk(make_config, digits_data, lite0_32):
     now = {p.name for p, _ in tree_bytes(cfg.state_dir / "registry" / "blobs")}
     with Eraser(cfg, backbone=lite0_32) as er:
         m = er.registry.load()
-        assert {f"{h}.bin" for h in er.registry.referenced(m)} == now
-        assert er.registry.list_versions() == [m["version"]]
+        assert {f"{h}.bin" for h in m.blobs()} == now
+        assert er.registry.list_versions() == [m.version]
         assert old_blobs - now, "retrained blobs should have replaced some old ones"
         # Cached features are rows (split over SQLite overflow pages), so check them by key.
         assert er.store.cached_features(keys, lite0_32.feature_key) == {}

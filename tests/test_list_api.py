@@ -279,14 +279,14 @@ def test_the_list_needs_the_token(listing):
 
 def _expected_plan(listing: Listing, sample_ids: list[str]) -> dict:
     manifest = Registry(listing.d.state).load()
-    sizes = {c["key"]: c["size"] for c in manifest["clusters"]}
+    sizes = manifest.sizes
     train = [listing.samples[s] for s in sample_ids if listing.samples[s]["split"] == "train"]
     clusters = sorted({r["cluster"] for r in train})
-    left = manifest["samples"]["train"] - len(train)
+    left = manifest.samples["train"] - len(train)
     if any(r["in_clustering_sample"] for r in train):
-        share = manifest["cost"]["recluster_share"]
+        share = manifest.cost["recluster_share"]
         return {
-            "version": manifest["version"],
+            "version": manifest.version,
             "clusters": clusters,
             "samples_retrained": round(share * left),
             "share_retrained": share,
@@ -295,7 +295,7 @@ def _expected_plan(listing: Listing, sample_ids: list[str]) -> dict:
         }
     retrained = sum(sizes[c] for c in clusters) - len(train)
     return {
-        "version": manifest["version"],
+        "version": manifest.version,
         "clusters": clusters,
         "samples_retrained": retrained,
         "share_retrained": round(retrained / left, 6),

@@ -46,8 +46,8 @@ def crash_and_retry(cfg, backbone) -> dict:
         return er.registry.load()
 
 
-def tensors(manifest: dict) -> dict[str, tuple[str, str]]:
-    return {c["key"]: (c["prompt"], c["head"]) for c in manifest["clusters"]}
+def tensors(manifest) -> dict[str, tuple[str, str]]:
+    return {c.key: (c.prompt, c.head) for c in manifest.clusters}
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from daemon_util import BIN, DaemonProc, built_state, start_published_daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from eraserd import __version__, planner, poisson
+from eraserd.manifest import FORMAT, Manifest
 from eraserd.metrics import QueueView, estimate_rate, forecast, retune_cost
 from eraserd.queue import Queue
 from eraserd.registry import Registry
@@ -80,14 +81,14 @@ def test_metrics_after_a_published_batch(daemon):
     assert value(m, "eraserd_batch_window_seconds") == 1.0
 
     manifest = Registry(daemon.state).load()
-    change = manifest["change"]
-    sizes = [c["size"] for c in manifest["clusters"]]
+    change = manifest.change
+    sizes = [c.size for c in manifest.clusters]
     assert value(m, "eraserd_clusters") == len(sizes)
     assert value(m, "eraserd_private_samples", split="train") == sum(sizes)
-    assert value(m, "eraserd_private_samples", split="test") == manifest["samples"]["test"]
+    assert value(m, "eraserd_private_samples", split="test") == manifest.samples["test"]
     assert value(m, "eraserd_batch_affected_clusters_count") == 1
-    assert value(m, "eraserd_batch_affected_clusters_sum") == len(change["affected"]) >= 1
-    assert value(m, "eraserd_reclusters_total") == int(change["reclustered"])
+    assert value(m, "eraserd_batch_affected_clusters_sum") == len(change.affected) >= 1
+    assert value(m, "eraserd_reclusters_total") == int(change.reclustered)
     jobs = change["jobs"]
     assert value(m, "eraserd_retune_cluster_seconds_count") == len(jobs) == len(change["retrained"])
     assert value(m, "eraserd_retune_cluster_seconds_sum") == pytest.approx(
@@ -108,8 +109,8 @@ def test_metrics_after_a_published_batch(daemon):
     t_c = value(m, "eraserd_retune_cluster_mean_seconds")
     throughput = value(m, "eraserd_retune_throughput_image_steps_per_second")
     assert t_c > 0 and throughput > 0
-    assert value(m, "eraserd_expected_retrain_share") == manifest["cost"]["expected_retrain_share"]
-    assert value(m, "eraserd_largest_cluster_share") == manifest["cost"]["largest_share"]
+    assert value(m, "eraserd_expected_retrain_share") == manifest.cost["expected_retrain_share"]
+    assert value(m, "eraserd_largest_cluster_share") == manifest.cost["largest_share"]
 
     # Size-aware costs: the same numbers `eraserd plan` prints for this rate and window.
     plan = json.loads(
@@ -133,7 +134,7 @@ def test_metrics_after_a_published_batch(daemon):
 
     # No ids in names or labels.
     assert not re.search(r"\bs0\d{3}\b|subj\d{3}|del_[0-9a-f]", text)
-    assert all(c["key"] not in text for c in manifest["clusters"])
+    assert all(c.key not in text for c in manifest.clusters)
 
 
 @pytest.mark.slow
@@ -197,7 +198,7 @@ def test_a_restart_keeps_the_rate_estimate_and_the_retune_cost(daemon):
     assert value(after, "eraserd_registry_version") == 2
     # Seeded with the serving version's jobs only, so T_c is that batch's mean.
     manifest = Registry(again.state).load()
-    jobs = [j["seconds"] for j in manifest["change"]["jobs"].values()]
+    jobs = [j.seconds for j in manifest.change.jobs.values()]
     assert value(after, "eraserd_retune_cluster_mean_seconds") == pytest.approx(
         sum(jobs) / len(jobs)
     )
@@ -215,17 +216,30 @@ def test_rate_estimate_divides_by_the_history_it_has():
     assert estimate_rate(0, observed_s=0, horizon_s=3600, window_s=60) == 0
 
 
-def manifest_like(sizes, samples, jobs, recluster_share, min_steps=0) -> dict:
-    return {
-        "version": 3,
-        "clusters": [
-            {"key": f"c{i}", "size": m, "sample_count": k}
-            for i, (m, k) in enumerate(zip(sizes, samples))
-        ],
-        "change": {"jobs": {f"c{i}": {"seconds": s} for i, s in jobs.items()}, "seconds": 9.0},
-        "config": {"training": {"epochs": 2, "batch_size": 32, "min_steps": min_steps}},
-        "cost": {"recluster_share": recluster_share},
-    }
+def manifest_like(sizes, samples, jobs, recluster_share, min_steps=0) -> Manifest:
+    jobs = {f"c{i}": {"seconds": s, "device": "cpu", "attempts": 1} for i, s in jobs.items()}
+    blobs = {"members": "", "prompt": "", "head": ""}
+    return Manifest.from_dict(
+        {
+            "format": FORMAT,
+            "version": 3,
+            "created_at": "2026-11-30T00:00:00+00:00",
+            "config_hash": "h",
+            "backbone": {},
+            "classes": [],
+            "train_fingerprint": "t",
+            "cluster_fingerprint": "c",
+            "prototypes": "p",
+            "samples": {"train": sum(sizes), "test": 0},
+            "clusters": [
+                {"key": f"c{i}", "size": m, "sample_count": k, **blobs}
+                for i, (m, k) in enumerate(zip(sizes, samples))
+            ],
+            "change": {"jobs": jobs, "seconds": 9.0},
+            "config": {"training": {"epochs": 2, "batch_size": 32, "min_steps": min_steps}},
+            "cost": {"recluster_share": recluster_share},
+        }
+    )
 
 
 def test_forecast_agrees_with_the_plan_on_the_same_inputs():

@@ -144,7 +144,7 @@ def test_train_fingerprint_names_the_device_kind(make_config, lite0_32):
 
 def registry_view(er) -> dict:
     m = er.registry.load()
-    return {c["key"]: (c["prompt"], c["head"]) for c in m["clusters"]}
+    return {c.key: (c.prompt, c.head) for c in m.clusters}
 
 
 @pytest.mark.slow

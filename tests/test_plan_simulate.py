@@ -325,7 +325,7 @@ def built(tmp_path_factory, digits_data, lite0_32):
 @pytest.mark.slow
 def test_plan_end_to_end(built, tmp_path):
     manifest = Registry(built.parent / "state").load()
-    sizes = [c["size"] for c in manifest["clusters"]]
+    sizes = [c.size for c in manifest.clusters]
     out = json.loads(
         eraserd("plan", "-c", built, "--rate", "200/d", "--deadline", "72h", "--json").stdout
     )
@@ -333,8 +333,8 @@ def test_plan_end_to_end(built, tmp_path):
     assert out["rate"] == pytest.approx(200 / 86400) and out["deadline_s"] == 259200
     assert out["devices"] == 1  # the inline executor
     assert len(out["cluster_seconds"]) == len(sizes) and min(out["cluster_seconds"]) > 0
-    jobs = manifest["change"]["jobs"]
-    assert out["cluster_seconds"] == [jobs[c["key"]]["seconds"] for c in manifest["clusters"]]
+    jobs = manifest.change.jobs
+    assert out["cluster_seconds"] == [jobs[c.key].seconds for c in manifest.clusters]
     assert out["retune_basis"].startswith(f"measured for {len(sizes)} of {len(sizes)}")
     rows = out["rows"]
     assert 120.0 in [r["window_s"] for r in rows] and out["current_window_s"] == 120.0
@@ -361,7 +361,7 @@ def test_plan_end_to_end(built, tmp_path):
 
 @pytest.mark.slow
 def test_simulate_end_to_end(built):
-    sizes = [c["size"] for c in Registry(built.parent / "state").load()["clusters"]]
+    sizes = [c.size for c in Registry(built.parent / "state").load().clusters]
     out = json.loads(
         eraserd("simulate", "-c", built, "--windows", "3000", "--seed", "4", "--json").stdout
     )

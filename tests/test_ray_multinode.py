@@ -54,7 +54,7 @@ if __name__ == "__main__":
         ])
         out = {{
             "view": model_view(er),
-            "jobs": manifest["change"]["jobs"],
+            "jobs": manifest.change.to_dict()["jobs"],
             "restarts": ex.restarts,
             "actor_nodes": actor_nodes,
             "nodes": [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,8 @@ import torch
 
 from eraserd.errors import CorruptBlobError, RegistryError
 from eraserd.ids import sha256_hex
-from eraserd.registry import FORMAT, Registry
+from eraserd.manifest import FORMAT, Manifest
+from eraserd.registry import Registry
 
 
 def blob_file(state: Path, digest: str) -> Path:
@@ -20,20 +23,32 @@ def all_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def manifest(reg: Registry, version: int, tag: str) -> dict:
+def manifest(reg: Registry, version: int, tag: str) -> Manifest:
     """A minimal manifest whose blobs are all distinct per ``tag``."""
-    return {
-        "format": FORMAT,
-        "version": version,
-        "prototypes": reg.put_blob(f"{tag}-protos".encode()),
-        "clusters": [
-            {
-                "members": reg.put_json({"ids": [f"{tag}-a"]}),
-                "prompt": reg.put_tensors({"p": torch.full((2, 2), float(version))}),
-                "head": reg.put_blob(f"{tag}-head".encode()),
-            },
-        ],
-    }
+    return Manifest.from_dict(
+        {
+            "format": FORMAT,
+            "version": version,
+            "created_at": "2026-11-30T00:00:00+00:00",
+            "config_hash": tag,
+            "config": {},
+            "backbone": {"name": "none"},
+            "classes": ["0"],
+            "train_fingerprint": tag,
+            "cluster_fingerprint": tag,
+            "prototypes": reg.put_blob(f"{tag}-protos".encode()),
+            "clusters": [
+                {
+                    "key": f"c{tag}",
+                    "size": 1,
+                    "members": reg.put_json({"ids": [f"{tag}-a"]}),
+                    "prompt": reg.put_tensors({"p": torch.full((2, 2), float(version))}),
+                    "head": reg.put_blob(f"{tag}-head".encode()),
+                },
+            ],
+            "samples": {"train": 1, "test": 0},
+        }
+    )
 
 
 def test_blob_round_trip_and_content_addressing(tmp_path):
@@ -113,6 +128,8 @@ def test_write_swap_load(tmp_path):
     assert reg.current() == (1, sha)
     assert reg.load() == m
     assert reg.load(1) == m
+    on_disk = json.loads((tmp_path / "registry" / "versions" / "000001.json").read_text())
+    assert on_disk == m.to_dict()  # the file's layout, field for field
     assert reg.list_versions() == [1]
     assert reg.next_version() == 2
 
@@ -151,8 +168,10 @@ def test_load_without_current_says_build(tmp_path):
 
 def test_wrong_format_and_missing_version(tmp_path):
     reg = Registry(tmp_path)
-    m = {**manifest(reg, 1, "v1"), "format": "other/9"}
-    reg.swap(1, reg.write_version(m))
+    path = tmp_path / "registry" / "versions" / "000001.json"
+    reg.write_version(manifest(reg, 1, "v1"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": "other/9"}))
+    reg.swap(1, sha256_hex(path.read_bytes()))
     with pytest.raises(RegistryError, match="unknown manifest format"):
         reg.load()
     with pytest.raises(RegistryError, match="version 7 is missing"):
@@ -187,20 +206,14 @@ def test_collect_keeps_only_referenced(tmp_path):
     m1 = manifest(reg, 1, "v1")
     reg.swap(1, reg.write_version(m1))
     m2 = manifest(reg, 2, "v2")
-    shared = m1["clusters"][0]["head"]
-    m2["clusters"].append(
-        {
-            "members": m1["clusters"][0]["members"],
-            "prompt": m1["clusters"][0]["prompt"],
-            "head": shared,
-        }
-    )
+    shared = m1.clusters[0]
+    m2 = dataclasses.replace(m2, clusters=m2.clusters + (dataclasses.replace(shared, key="cs"),))
     reg.swap(2, reg.write_version(m2))
     orphan = reg.put_blob(b"nobody refers to me")
-    keep_refs = reg.referenced(m2)
+    keep_refs = m2.blobs()
     assert len(keep_refs) == 7
-    dropped = (reg.referenced(m1) - keep_refs) | {orphan}
-    assert dropped == {m1["prototypes"], orphan}
+    dropped = (m1.blobs() - keep_refs) | {orphan}
+    assert dropped == {m1.prototypes, orphan}
     removed = reg.collect(m2)
     assert removed == 1 + len(dropped)
     assert reg.list_versions() == [2]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..clustering import Routing
 from ..data.images import canonical_view
 from ..errors import RegistryError
+from ..manifest import Manifest
 from ..registry import Registry
 from .backbone import Backbone
 
@@ -38,16 +39,16 @@ class Predictor:
     def __init__(
         self,
         backbone: Backbone,
-        manifest: dict,
+        manifest: Manifest,
         routing: Routing,
         prompts: torch.Tensor,
         weights: torch.Tensor,
         biases: torch.Tensor,
     ):
         self.backbone = backbone
-        self.version = manifest["version"]
-        self.classes = list(manifest["classes"])
-        self.keys = [c["key"] for c in manifest["clusters"]]
+        self.version = manifest.version
+        self.classes = list(manifest.classes)
+        self.keys = list(manifest.keys)
         self.routing = routing
         self.prompts, self.weights, self.biases = prompts, weights, biases
         self.withdrawn: frozenset[str] = frozenset()
@@ -64,13 +65,13 @@ class Predictor:
     @classmethod
     def load(cls, registry: Registry, backbone: Backbone, version: int | None = None) -> Predictor:
         m = registry.load(version)
-        if m["backbone"]["fingerprint"] != backbone.fingerprint:
+        if m.backbone["fingerprint"] != backbone.fingerprint:
             raise RegistryError(
-                f"version {m['version']} was built with another backbone "
-                f"({m['backbone']['name']}); rebuild or fix backbone config"
+                f"version {m.version} was built with another backbone "
+                f"({m.backbone['name']}); rebuild or fix backbone config"
             )
-        protos = registry.get_tensors(m["prototypes"], "prototypes")["prototypes"].numpy()
-        route = m.get("routing", {"method": "prototype"})
+        protos = registry.get_tensors(m.prototypes, "prototypes")["prototypes"].numpy()
+        route = m.routing
         if "points" in route:
             pts = registry.get_tensors(route["points"], "routing points")
             routing = Routing(
@@ -82,11 +83,9 @@ class Predictor:
         else:
             routing = Routing(protos)
         prompts, weights, biases = [], [], []
-        for c in m["clusters"]:
-            prompts.append(
-                registry.get_tensors(c["prompt"], f"cluster {c['key']} prompt")["prompt"]
-            )
-            head = registry.get_tensors(c["head"], f"cluster {c['key']} head")
+        for c in m.clusters:
+            prompts.append(registry.get_tensors(c.prompt, f"cluster {c.key} prompt")["prompt"])
+            head = registry.get_tensors(c.head, f"cluster {c.key} head")
             weights.append(head["weight"])
             biases.append(head["bias"])
         dev = backbone.device
