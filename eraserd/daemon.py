@@ -35,10 +35,11 @@ from .errors import DataError, EraserdError, UnknownIdError
 from .faults import crashpoint
 from .fsutil import atomic_write
 from .locking import StateLock
-from .metrics import DaemonMetrics, DaemonState, ModelFacts, QueueView
+from .metrics import DaemonMetrics, DaemonState, ModelFacts
 from .model.predictor import Predictor
 from .pending import PlanCache
 from .queue import PENDING, BatchState, Page, Position, Queue
+from .queueview import QueueView
 from .service import Eraser
 from .withdrawn import Withheld, withdrawn_clusters
 
@@ -434,49 +435,34 @@ class Daemon:
             raise ValueError("name at least one sample_id or subject_id")
         if len(sample_ids) + len(subject_ids) > MAX_IDS_PER_REQUEST:
             raise ValueError(f"at most {MAX_IDS_PER_REQUEST} ids per request")
-        now = self.clock()
-        payload = self.queue.fingerprint(sample_ids, subject_ids)
-        existing = self.queue.lookup(idempotency_key, payload)
-        if existing is not None:
-            return existing.to_dict(), False
-        if deadline is not None and deadline <= now:
-            raise ValueError("deadline is in the past")
-        with self._reader_lock:
+        with self._reader_lock:  # the store, read-only: it raises nothing into the queue
             rows, unknown, forgotten = self.reader.classify(sample_ids, subject_ids)
         if unknown:
             raise UnknownIdError(
                 f"unknown id(s): {', '.join(unknown)}; nothing was queued", unknown
             )
-        gone = set(forgotten)
-        samples = sorted({s for s in sample_ids if f"sample {s}" not in gone})
-        subjects = sorted({s for s in subject_ids if f"subject {s}" not in gone})
-        pend_s, pend_subj = self.queue.pending_ids(samples, subjects)
-        crashpoint("submit")
-        req, created = self.queue.submit(
-            samples,
-            subjects,
-            len(rows),
-            deadline if deadline is not None else now + self.cfg.daemon.default_deadline_s,
-            now,
-            payload,
-            idempotency_key,
-            len(forgotten),
-            len(pend_s) + len(pend_subj),
+        adm = self.queue.admit(
+            sample_ids,
+            subject_ids,
+            matched=len(rows),
+            forgotten=forgotten,
+            deadline=deadline,
+            default_deadline_s=self.cfg.daemon.default_deadline_s,
+            now=self.clock(),
+            idempotency_key=idempotency_key,
         )
-        out = req.to_dict()
+        out = adm.request.to_dict()
+        if not adm.created:
+            return out, False
         out["already_forgotten_ids"] = forgotten
-        out["already_pending_ids"] = [f"sample {s}" for s in sorted(pend_s)] + [
-            f"subject {s}" for s in sorted(pend_subj)
-        ]
-        if created:
-            self.metrics.submitted(req.samples)
-            log.info(
-                "deletion queued", extra={"fields": {"request": req.id, "samples": req.samples}}
-            )
-            reason = self.policy.on_submit(self.queue.pending())
-            if reason is not None:
-                self.request_flush(reason)
-        return out, created
+        out["already_pending_ids"] = list(adm.already_pending)
+        req = adm.request
+        self.metrics.submitted(req.samples)
+        log.info("deletion queued", extra={"fields": {"request": req.id, "samples": req.samples}})
+        reason = self.policy.on_submit(adm.pending)
+        if reason is not None:
+            self.request_flush(reason)
+        return out, True
 
     def request(self, rid: str) -> dict | None:
         """A request's fields; a pending one's also its ``plan`` (``pending.py``)."""

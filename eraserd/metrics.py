@@ -2,11 +2,11 @@
 
 Counters and histograms are updated where events happen (a submission, a batch outcome).
 Gauges are computed at scrape time by ``StateCollector`` from a ``DaemonState`` snapshot: cheap
-reads of the queue database, the serving version's manifest facts and the executor, with no
-batch work or lock of the batch runner involved. The batch model's formulas come from
-``poisson.py`` and ``planner.py`` (per-cluster costs, shared with ``eraserd plan``); the
-helpers here only estimate its inputs (the deletion rate, ``T_c``, the retune throughput)
-from what was observed.
+reads of the queue (its read model, ``queueview.py``), the serving version's manifest facts and
+the executor, with no batch work or lock of the batch runner involved. The batch model's
+formulas come from ``poisson.py`` and ``planner.py`` (per-cluster costs, shared with
+``eraserd plan``); the helpers here only estimate its inputs (the deletion rate, ``T_c``, the
+retune throughput) from what was observed.
 
 Labels never carry request, sample, subject or cluster ids: only ``outcome``, ``split``,
 ``device`` and the build's ``version``/``backbone``.
@@ -15,13 +15,11 @@ Labels never carry request, sample, subject or cluster ids: only ``outcome``, ``
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -36,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from . import planner
 from .config import Config
 from .manifest import Manifest
-from .queue import PENDING, BatchState
+from .queueview import QueueFacts
 
 # ``*_created`` series double every counter and histogram for no use here. This is
 # process-wide, and the daemon owns its process.
@@ -175,67 +173,6 @@ def forecast(inputs: planner.PlanInputs, rate: float, window_s: float, devices: 
         float(sum(seconds)) if inputs.single_prompt_s is None else inputs.single_prompt_s,
         planner.efficiency_gain(one, inputs),
     )
-
-
-# ---- the queue database, read-only --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QueueFacts:
-    pending_requests: int
-    pending_samples: int
-    oldest_pending: float | None
-    overdue: int
-    recent_samples: int
-    """Samples submitted within the rate horizon."""
-    first_submitted: float | None
-    last_published: float | None
-
-
-class QueueView:
-    """Counts and times from ``queue.db`` on a read-only connection of its own.
-
-    It never reads the ``items`` table (raw ids) and never takes the ``Queue``'s lock, so a
-    scrape does not wait for the batch runner's transactions.
-    """
-
-    def __init__(self, path: Path):
-        uri = Path(path).resolve().as_uri() + "?mode=ro"
-        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def facts(self, now: float, horizon_s: float) -> QueueFacts:
-        states = tuple(s.value for s in PENDING)
-        marks = ",".join("?" * len(states))
-        with self._lock:
-            pend = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created_at), "
-                f"COALESCE(SUM(deadline < ?), 0) FROM requests WHERE state IN ({marks})",
-                (now, *states),
-            ).fetchone()
-            (recent,) = self._db.execute(  # both use the created_at index: no table scan
-                "SELECT COALESCE(SUM(samples), 0) FROM requests WHERE created_at >= ?",
-                (now - horizon_s,),
-            ).fetchone()
-            (first,) = self._db.execute("SELECT MIN(created_at) FROM requests").fetchone()
-            (last,) = self._db.execute(
-                "SELECT MAX(updated_at) FROM batches WHERE state = ?",
-                (BatchState.PUBLISHED.value,),
-            ).fetchone()
-        return QueueFacts(pend[0], pend[1], pend[2], pend[3], recent, first, last)
-
-    def published_times(self, batch_id: int) -> list[tuple[float, float, float]]:
-        """(submitted, deadline, published) of each request a batch published."""
-        with self._lock:
-            return self._db.execute(
-                "SELECT created_at, deadline, published_at FROM requests "
-                "WHERE batch_id = ? AND published_at IS NOT NULL",
-                (batch_id,),
-            ).fetchall()
 
 
 # ---- scrape-time gauges -------------------------------------------------------------------

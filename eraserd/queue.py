@@ -34,6 +34,7 @@ from enum import Enum
 from pathlib import Path
 
 from .dbutil import immediate
+from .faults import crashpoint
 
 log = logging.getLogger("eraserd.queue")
 
@@ -134,6 +135,19 @@ class Pending:
     earliest_deadline: float | None
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What ``Queue.admit`` did with a submission."""
+
+    request: DeletionRequest
+    created: bool
+    """False: an idempotent retry, answered with the request the key already made."""
+    already_pending: tuple[str, ...] = ()
+    """Ids (``sample X``, ``subject Y``) a pending request already names."""
+    pending: Pending | None = None
+    """The queue's pending totals right after the submission (what the flush policy reads)."""
+
+
 class IdempotencyConflict(Exception):
     """An idempotency key was reused with a different request body."""
 
@@ -224,6 +238,50 @@ class Queue:
                 raise IdempotencyConflict("idempotency key already used for a different request")
             return self._get(row[0])
 
+    def admit(
+        self,
+        sample_ids: list[str],
+        subject_ids: list[str],
+        *,
+        matched: int,
+        forgotten: list[str],
+        deadline: float | None,
+        default_deadline_s: float,
+        now: float,
+        idempotency_key: str | None = None,
+    ) -> Admission:
+        """Queue a submission, in one transaction: an idempotent retry gets the request its key
+        made; else the deadline is checked, the ids already pending are noted, and the request
+        is committed (durable before this returns). ``matched`` (samples the ids name) and
+        ``forgotten`` (``sample X``/``subject Y`` already erased) come from the store."""
+        payload = self.fingerprint(sample_ids, subject_ids)
+        gone = set(forgotten)
+        samples = sorted({s for s in sample_ids if f"sample {s}" not in gone})
+        subjects = sorted({s for s in subject_ids if f"subject {s}" not in gone})
+        with self._tx():
+            existing = self.lookup(idempotency_key, payload)
+            if existing is not None:
+                return Admission(existing, False)
+            if deadline is not None and deadline <= now:
+                raise ValueError("deadline is in the past")
+            pend_s, pend_subj = self.pending_ids(samples, subjects)
+            already = tuple(f"sample {s}" for s in sorted(pend_s)) + tuple(
+                f"subject {s}" for s in sorted(pend_subj)
+            )
+            crashpoint("submit")
+            req = self._insert(
+                samples,
+                subjects,
+                matched,
+                deadline if deadline is not None else now + default_deadline_s,
+                now,
+                payload,
+                idempotency_key,
+                len(forgotten),
+                len(already),
+            )
+            return Admission(req, True, already, self.pending())
+
     def submit(
         self,
         samples: list[str],
@@ -236,40 +294,67 @@ class Queue:
         already_forgotten: int = 0,
         already_pending: int = 0,
     ) -> tuple[DeletionRequest, bool]:
-        """Durably queue a request; returns (request, created). Same key: same request."""
-        idem = self._hash("idem:" + idempotency_key) if idempotency_key else None
+        """Durably queue a request as given; returns (request, created). Same key: same
+        request. The daemon uses ``admit``, which also classifies and checks."""
         with self._tx():
             existing = self.lookup(idempotency_key, payload)
             if existing is not None:
                 return existing, False
-            db = self._db
-            rid = "del_" + secrets.token_hex(10)
-            state = RequestState.QUEUED if samples or subjects else RequestState.PUBLISHED
-            db.execute(
-                "INSERT INTO requests (id, idem, payload, state, created_at, updated_at, "
-                "deadline, samples, subjects, already_forgotten, already_pending, published_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rid,
-                    idem,
-                    payload,
-                    state.value,
-                    now,
-                    now,
-                    deadline,
-                    expanded,
-                    len(subjects),
-                    already_forgotten,
-                    already_pending,
-                    now if state is RequestState.PUBLISHED else None,
-                ),
-            )
-            db.executemany(
-                "INSERT INTO items VALUES (?, ?, ?)",
-                [(rid, "sample", s) for s in samples] + [(rid, "subject", s) for s in subjects],
-            )
-            created = self._get(rid)
-        return created, True
+            return self._insert(
+                samples,
+                subjects,
+                expanded,
+                deadline,
+                now,
+                payload,
+                idempotency_key,
+                already_forgotten,
+                already_pending,
+            ), True
+
+    def _insert(
+        self,
+        samples: list[str],
+        subjects: list[str],
+        expanded: int,
+        deadline: float,
+        now: float,
+        payload: str,
+        idempotency_key: str | None,
+        already_forgotten: int,
+        already_pending: int,
+    ) -> DeletionRequest:
+        """Insert a request and its items; inside the caller's transaction."""
+        idem = self._hash("idem:" + idempotency_key) if idempotency_key else None
+        db = self._db
+        rid = "del_" + secrets.token_hex(10)
+        state = RequestState.QUEUED if samples or subjects else RequestState.PUBLISHED
+        db.execute(
+            "INSERT INTO requests (id, idem, payload, state, created_at, updated_at, "
+            "deadline, samples, subjects, already_forgotten, already_pending, published_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rid,
+                idem,
+                payload,
+                state.value,
+                now,
+                now,
+                deadline,
+                expanded,
+                len(subjects),
+                already_forgotten,
+                already_pending,
+                now if state is RequestState.PUBLISHED else None,
+            ),
+        )
+        db.executemany(
+            "INSERT INTO items VALUES (?, ?, ?)",
+            [(rid, "sample", s) for s in samples] + [(rid, "subject", s) for s in subjects],
+        )
+        created = self._get(rid)
+        assert created is not None
+        return created
 
     def pending_ids(self, samples: list[str], subjects: list[str]) -> tuple[set, set]:
         """Which of these ids are already named by a pending request."""

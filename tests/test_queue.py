@@ -463,3 +463,46 @@ def test_concurrent_submits_through_one_queue(q):
     assert q.counts()["queued"] == 100
     assert q.pending().samples == 100
     assert all(q.get(rid).state == QUEUED for rid in ids)
+
+
+# ---- admission ----------------------------------------------------------------------------
+
+
+def admit(q: Queue, samples, subjects=(), **kw):
+    args = {
+        "matched": len(samples),
+        "forgotten": [],
+        "deadline": None,
+        "default_deadline_s": 3600.0,
+        "now": 100.0,
+        **kw,
+    }
+    return q.admit(list(samples), list(subjects), **args)
+
+
+def test_admit_queues_in_one_step_and_reports_what_was_already_pending(q):
+    first = admit(q, ["a", "b"], ["u"])
+    assert first.created and first.request.state == QUEUED
+    assert first.request.deadline == 100.0 + 3600.0  # the default deadline
+    assert first.pending == Pending(1, 2, 100.0, 3700.0)
+    second = admit(q, ["b", "c", "d"], ["u"], forgotten=["sample d"], now=110.0, deadline=500.0)
+    assert second.created and second.already_pending == ("sample b", "subject u")
+    assert q.items(second.request.id) == (["b", "c"], ["u"])  # a forgotten id is not queued
+    assert second.request.to_dict()["already_forgotten"] == 1
+    assert second.pending == Pending(2, 5, 100.0, 500.0)
+
+
+def test_admit_answers_a_retry_with_the_first_request_even_past_its_deadline(q):
+    first = admit(q, ["a"], idempotency_key="k1", deadline=150.0)
+    again = admit(q, ["a"], idempotency_key="k1", deadline=150.0, now=200.0)
+    assert not again.created and again.request == first.request
+    assert q.counts()[QUEUED] == 1
+    with pytest.raises(IdempotencyConflict):
+        admit(q, ["b"], idempotency_key="k1")
+
+
+def test_admit_refuses_a_past_deadline_and_writes_nothing(q):
+    with pytest.raises(ValueError, match="deadline is in the past"):
+        admit(q, ["a"], deadline=100.0, idempotency_key="k2")
+    assert q.counts()[QUEUED] == 0
+    assert admit(q, ["a"], idempotency_key="k2").created  # the key was not taken

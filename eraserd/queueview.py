@@ -1,0 +1,73 @@
+"""The queue's read model: counts and times from ``queue.db``, on a read-only connection.
+
+The metrics read the queue only through this view. It never reads the ``items`` table (raw
+ids) and never takes the ``Queue``'s lock, so a scrape does not wait for the batch runner's
+transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .queue import PENDING, BatchState
+
+
+@dataclass(frozen=True)
+class QueueFacts:
+    pending_requests: int
+    pending_samples: int
+    oldest_pending: float | None
+    overdue: int
+    recent_samples: int
+    """Samples submitted within the rate horizon."""
+    first_submitted: float | None
+    last_published: float | None
+
+
+class QueueView:
+    """Counts and times from ``queue.db`` on a read-only connection of its own.
+
+    It never reads the ``items`` table (raw ids) and never takes the ``Queue``'s lock, so a
+    scrape does not wait for the batch runner's transactions.
+    """
+
+    def __init__(self, path: Path):
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def facts(self, now: float, horizon_s: float) -> QueueFacts:
+        states = tuple(s.value for s in PENDING)
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            pend = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created_at), "
+                f"COALESCE(SUM(deadline < ?), 0) FROM requests WHERE state IN ({marks})",
+                (now, *states),
+            ).fetchone()
+            (recent,) = self._db.execute(  # both use the created_at index: no table scan
+                "SELECT COALESCE(SUM(samples), 0) FROM requests WHERE created_at >= ?",
+                (now - horizon_s,),
+            ).fetchone()
+            (first,) = self._db.execute("SELECT MIN(created_at) FROM requests").fetchone()
+            (last,) = self._db.execute(
+                "SELECT MAX(updated_at) FROM batches WHERE state = ?",
+                (BatchState.PUBLISHED.value,),
+            ).fetchone()
+        return QueueFacts(pend[0], pend[1], pend[2], pend[3], recent, first, last)
+
+    def published_times(self, batch_id: int) -> list[tuple[float, float, float]]:
+        """(submitted, deadline, published) of each request a batch published."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT created_at, deadline, published_at FROM requests "
+                "WHERE batch_id = ? AND published_at IS NOT NULL",
+                (batch_id,),
+            ).fetchall()
