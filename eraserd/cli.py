@@ -7,13 +7,8 @@ object on stdout) and a non-zero exit code from the table shared with ``eraserct
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
 import json
-import logging
-import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -311,114 +306,16 @@ def predict(cfg, as_json: bool, images) -> None:
 @command
 def run(cfg, as_json: bool, log_level: str | None) -> None:
     """Serve: build a model if none exists, then run the deletion daemon and control API."""
-    import uvicorn
+    from .serving import serve
 
-    from . import logs
-    from .api import create_app
-    from .daemon import Daemon
-
-    _Server = _server_class()
-    level = (log_level or cfg.daemon.log_level).lower()
-    logs.configure(cfg.daemon.log_json or as_json, level)
-    sock = _listen(cfg)  # before the lock and any build: a taken port fails at once
-    daemon = Daemon(cfg)
-    app = create_app(daemon)
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host=cfg.daemon.host,
-            port=cfg.daemon.port,
-            log_config=None,  # uvicorn logs through eraserd's handler (``logs.configure``)
-            log_level=logs.server_log_level(level),
-            access_log=logs.access_log(level),
-            lifespan="off",
-        )
-    )
-
-    def _graceful(signum, frame):
-        server.should_exit = True
-
-    def _hangup(signum, frame):
-        logging.getLogger("eraserd.daemon").warning(
-            "SIGHUP ignored: the config is read once at start; restart eraserd to change it"
-        )
-
-    signal.signal(signal.SIGTERM, _graceful)
-    signal.signal(signal.SIGINT, _graceful)
-    signal.signal(signal.SIGHUP, _hangup)  # a closed terminal or a stray reload never kills it
-    daemon.start()
-
-    def _banner(addresses: list[str]) -> None:  # the sockets uvicorn actually bound
+    def banner(version: int, addresses: list[str]) -> None:
         click.echo(
-            f"eraserd serving version {daemon.predictor.version} on "
-            f"{', '.join(addresses)} (token in {cfg.token_path})",
+            f"eraserd serving version {version} on {', '.join(addresses)} "
+            f"(token in {cfg.token_path})",
             err=True,
         )
 
-    server.banner = _banner
-    try:
-        server.run(sockets=[sock])  # returns on SIGINT/SIGTERM once open requests are answered
-    finally:
-        daemon.stop()  # finishes the batch in progress; the queue keeps the rest
-
-
-def _listen(cfg) -> socket.socket:
-    """The control API's socket, bound to ``daemon.host:daemon.port``. A port in use is one
-    clear error (exit 6 when it is this state dir's own daemon, else 1)."""
-    host, port = cfg.daemon.host, cfg.daemon.port
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        raise EraserdError(f"daemon.host {host!r}: cannot resolve it ({exc.strerror})") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            with StateLock(cfg.state_dir, "eraserd run"):  # StateLocked if it is our daemon
-                pass
-        raise EraserdError(
-            f"cannot listen on {host}:{port}: {exc.strerror.lower()} "
-            "(another process has it: stop it or set daemon.port)"
-            if exc.errno == errno.EADDRINUSE
-            else f"cannot listen on {host}:{port}: {exc.strerror.lower()} (daemon.host/daemon.port)"
-        ) from None
-    return sock
-
-
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn re-raises SIGTERM after its shutdown, which would skip ``daemon.stop``;
-        eraserd installs its own handlers instead."""
-
-        banner = None
-        """Called with the bound addresses once the server listens (the startup banner)."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):
-            yield
-
-        async def startup(self, sockets=None):
-            await super().startup(sockets=sockets)
-            if self.banner is not None:
-                self.banner(
-                    [_bound_url(s.getsockname()) for srv in self.servers for s in srv.sockets]
-                )
-
-    return Server
-
-
-def _bound_url(sockname) -> str:
-    """``http://HOST:PORT`` of a listening socket; a wildcard bind says so."""
-    host, port = sockname[0], sockname[1]
-    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    return url + (" (every interface)" if host in ("0.0.0.0", "::") else "")
+    serve(cfg, (log_level or cfg.daemon.log_level).lower(), as_json, banner)
 
 
 class _Caps(click.ParamType):
