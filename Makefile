@@ -1,5 +1,5 @@
 # Two entry points: `make run` (build the embedded default if needed, then serve it) and
-# `make test` (lint and the whole test suite).
+# `make test` (lint, type check and the whole test suite).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -33,6 +33,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check eraserd tests benchmarks
+	$(BIN)/mypy eraserd
 	$(BIN)/python -m pytest -q
 
 # The pure tests only (modules marked `pytestmark = pytest.mark.pure`): no torch, well under
@@ -45,6 +46,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check eraserd tests benchmarks
 	$(BIN)/ruff format --check eraserd tests benchmarks
+	$(BIN)/mypy eraserd
 
 clean:
-	rm -rf $(VENV) state .pytest_cache
+	rm -rf $(VENV) state .pytest_cache .mypy_cache

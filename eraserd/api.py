@@ -285,9 +285,11 @@ def create_app(daemon: Daemon) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             with_bearer(generate())  # generate() caches its schema in app.openapi_schema
+        assert app.openapi_schema is not None
         return app.openapi_schema
 
-    app.openapi = openapi
+    # FastAPI's documented way to customize the schema: replace the app's openapi method.
+    app.openapi = openapi  # type: ignore[method-assign]
     limits = daemon.cfg.daemon
 
     # Added first, so it runs inside ``auth``: a request without a valid token is refused

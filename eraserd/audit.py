@@ -59,7 +59,8 @@ def check_chain(lines: list[str]) -> list[str]:
     """Every problem of a log's lines, each naming its entry (line number and ``seq``); an
     empty list means the chain holds. Pure."""
     problems: list[str] = []
-    prev, seq = GENESIS, 0
+    prev: str | None = GENESIS
+    seq = 0
     for n, line in enumerate(lines, start=1):
         where = f"entry {n}"
         try:
@@ -143,9 +144,10 @@ class AuditLog:
     def has(self, request_id: str) -> bool:
         return request_id in self._requests
 
-    def append(self, certificate: dict) -> dict:
+    def append(self, certificate: dict) -> dict | None:
         """Append one certificate durably; a request already certified is not appended twice
-        (a batch retried after a crash)."""
+        (a batch retried after a crash): its existing entry is returned instead (None if the
+        log no longer holds it)."""
         with self._lock:
             if certificate["request"] in self._requests:
                 return self.find(certificate["request"])

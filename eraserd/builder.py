@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import torch
@@ -202,7 +203,7 @@ def materialize(
         )
 
     protos_h = registry.put_tensors({"prototypes": torch.from_numpy(part.prototypes.copy())})
-    route = {"method": cfg.routing.method}
+    route: dict[str, Any] = {"method": cfg.routing.method}
     if routing.points is not None:
         route["neighbors"] = routing.neighbors
         route["points"] = registry.put_tensors(

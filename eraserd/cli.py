@@ -326,7 +326,7 @@ class _Caps(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
-        out = []
+        out: list[float | None] = []
         for part in str(value).split(","):
             part = part.strip().lower()
             if part in ("none", "null", "-"):

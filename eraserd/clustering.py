@@ -196,6 +196,7 @@ class Routing:
                 return nearest(features, self.prototypes)
             idx = np.asarray(list(allowed), dtype=np.int64)
             return idx[nearest(features, self.prototypes[idx])]
+        assert self.owner is not None  # set together with points
         return vote(features, self.points, self.owner, self.neighbors, allowed)
 
 
@@ -390,7 +391,9 @@ def build_partition(
     )
     in_sample = set(sample)
     rest = [i for i in ids if i not in in_sample]
-    assigned = nearest(np.stack([features[i] for i in rest]), clusters.prototypes) if rest else []
+    assigned: np.ndarray | list[int] = (
+        nearest(np.stack([features[i] for i in rest]), clusters.prototypes) if rest else []
+    )
     return assemble(sample, clusters, rest, assigned)
 
 

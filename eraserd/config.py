@@ -440,7 +440,8 @@ def _convert(tp: Any, raw: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a list of {len(args)} values, got {len(raw)}")
         return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, raw)))
     if dataclasses.is_dataclass(tp):
-        return _build(tp, raw, path)
+        # an annotation names the class; is_dataclass also admits instances
+        return _build(typing.cast(type, tp), raw, path)
     if tp is Path:
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"{path}: expected a path string, got {raw!r}")

@@ -21,7 +21,7 @@ new partition and keeps the replayed ones until the training set has shrunk by
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -119,7 +119,9 @@ class Replay:
         chosen = set(sample)
         rest = [i for i in self.ids if i not in chosen and i != gone]
         index = np.array([self.row[i] for i in rest], dtype=np.int64)
-        assigned = self.router.nearest(clusters.prototypes, index) if rest else []
+        assigned: np.ndarray | list[int] = (
+            self.router.nearest(clusters.prototypes, index) if rest else []
+        )
         return assemble(sample, clusters, rest, assigned)
 
     def changed(self, rule: Rule, before: Partition, gone: str) -> list[int]:
@@ -137,7 +139,7 @@ class Replay:
         rule: Rule,
         part: Partition | None = None,
         evaluations: int = DEFAULT_EVALUATIONS,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], object] | None = None,
         steps: Callable[[int], float] = float,
     ) -> RetrainCost:
         """The expected retrained share of a random single deletion from ``part`` (by
@@ -222,7 +224,7 @@ def _combine(d: _Direct, **recluster) -> RetrainCost:
 
 
 def carried(
-    previous: dict, part: Partition, steps: Callable[[int], float] = float
+    previous: Mapping, part: Partition, steps: Callable[[int], float] = float
 ) -> RetrainCost | None:
     """The cost of ``part`` after deletions that kept the clustering: direct terms exact, the
     recluster terms of ``previous`` (a ``to_dict``) kept. None when they must be replayed:

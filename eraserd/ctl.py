@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -211,7 +211,10 @@ def submit_deletion(
 ) -> None:
     """Queue a deletion request (acknowledged once it is durable)."""
     more_s, more_subj = read_ids(from_file)
-    body = {"sample_ids": list(sample_ids) + more_s, "subject_ids": list(subject_ids) + more_subj}
+    body: dict[str, Any] = {
+        "sample_ids": list(sample_ids) + more_s,
+        "subject_ids": list(subject_ids) + more_subj,
+    }
     if not body["sample_ids"] and not body["subject_ids"]:
         raise InvalidInputError("name at least one --sample-id, --subject-id or --from-file")
     if idempotency_key:
@@ -229,7 +232,7 @@ def submit_deletion(
     )
     if r.get("already_pending_ids"):
         notes.append(f"already pending: {', '.join(r['already_pending_ids'])}")
-    error = None
+    error: EraserdError | None = None
     if wait and r["state"] not in TERMINAL:
         error = WaitTimeoutError(
             f"gave up waiting after {timeout:g}s: request {r['id']} is still "

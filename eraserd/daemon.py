@@ -207,9 +207,9 @@ class Daemon:
                 return
         if self._stop.is_set() or self._retry_at:
             return
-        bid = self.queue.open_batch(reason, self.clock())
-        if bid is not None:
-            self._attempt(bid)
+        opened = self.queue.open_batch(reason, self.clock())
+        if opened is not None:
+            self._attempt(opened)
 
     def _attempt(self, bid: int) -> bool:
         """One attempt at a batch. True when it is done (published, or its requests failed
@@ -459,6 +459,7 @@ class Daemon:
         req = adm.request
         self.metrics.submitted(req.samples)
         log.info("deletion queued", extra={"fields": {"request": req.id, "samples": req.samples}})
+        assert adm.pending is not None  # a created request comes with the queue's totals
         reason = self.policy.on_submit(adm.pending)
         if reason is not None:
             self.request_flush(reason)

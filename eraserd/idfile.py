@@ -48,8 +48,8 @@ def read_ids(path: Path | None) -> tuple[list[str], list[str]]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise EraserdError(f"--from-file: {path} line {line}: not UTF-8 text") from None
+        lineno = raw[: exc.start].count(b"\n") + 1
+        raise EraserdError(f"--from-file: {path} line {lineno}: not UTF-8 text") from None
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.strip(" \t\r")
         if not line or line.startswith("#"):

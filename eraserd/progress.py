@@ -14,7 +14,7 @@ def set_enabled(on: bool) -> None:
     _enabled = on
 
 
-def bar(total: int, desc: str, unit: str = "it") -> tqdm:
+def bar(total: float | None, desc: str, unit: str = "it") -> tqdm:
     return tqdm(
         total=total,
         desc=desc,

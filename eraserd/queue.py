@@ -395,7 +395,8 @@ class Queue:
         """Up to ``limit`` requests, of one ``state`` or all, newest first ((created_at, id)
         descending), from just after ``after``. Keyset paging on an index: a page reads its
         own rows only, and requests submitted meanwhile never shift the later pages."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if state is not None:
             where.append("state = ?")
             args.append(state)
@@ -488,9 +489,11 @@ class Queue:
                     "SELECT kind, ident FROM items WHERE request_id = ? ORDER BY kind, ident",
                     (rid,),
                 ).fetchall()
+                req = self._get(rid)
+                assert req is not None  # just selected, under the lock; never deleted
                 out.append(
                     (
-                        self._get(rid),
+                        req,
                         [i for k, i in rows if k == "sample"],
                         [i for k, i in rows if k == "subject"],
                     )

@@ -171,7 +171,7 @@ class Eraser:
         previous: Manifest | None,
         change: Change,
         reuse: Mapping[str, str] | None = None,
-    ) -> dict:
+    ) -> Manifest:
         test_feats = {r.sample_id: feats[r.sample_id] for r in test}
         return materialize(
             self.cfg,
@@ -195,7 +195,8 @@ class Eraser:
 
     def current_partition(self, manifest: Manifest) -> Partition:
         key_to_id = {r.key: r.sample_id for r in self.store.rows()}
-        members, sample = [], set()
+        members: list[tuple[str, ...]] = []
+        sample: set[str] = set()
         for c in manifest.clusters:
             blob = self.registry.get_json(c.members, f"cluster {c.key} members")
             try:
@@ -335,6 +336,7 @@ class Eraser:
         problems = check_chain(lines)
         current = self.registry.load()
         pointer = self.registry.current()
+        assert pointer is not None  # load() read CURRENT, which is replaced, never removed
         samples: dict[str, str] = {}
         subjects: dict[str, str] = {}
         for e in audit.entries():
@@ -358,12 +360,12 @@ class Eraser:
         rows = self.store.rows()
         live = {r.key for r in rows}
         for r in rows:
-            where = samples.get(self.store.tombstone("sample", r.sample_id)) or (
+            certified_by = samples.get(self.store.tombstone("sample", r.sample_id)) or (
                 r.subject_id is not None
                 and subjects.get(self.store.tombstone("subject", r.subject_id))
             )
-            if where:
-                problems.append(f"{where}: a certified sample is still in the store")
+            if certified_by:
+                problems.append(f"{certified_by}: a certified sample is still in the store")
         for key, members in self.member_keys(current).items():
             stray = members - live
             if stray:

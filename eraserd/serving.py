@@ -90,6 +90,7 @@ def listen(cfg: Config) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             with StateLock(cfg.state_dir, "eraserd run"):  # StateLocked if it is our daemon
                 pass
+        assert exc.strerror is not None  # bind fails with an errno and its message
         raise EraserdError(
             f"cannot listen on {host}:{port}: {exc.strerror.lower()} "
             "(another process has it: stop it or set daemon.port)"

@@ -90,10 +90,10 @@ def test_metrics_after_a_published_batch(daemon):
     assert value(m, "eraserd_batch_affected_clusters_count") == 1
     assert value(m, "eraserd_batch_affected_clusters_sum") == len(change.affected) >= 1
     assert value(m, "eraserd_reclusters_total") == int(change.reclustered)
-    jobs = change["jobs"]
-    assert value(m, "eraserd_retune_cluster_seconds_count") == len(jobs) == len(change["retrained"])
+    jobs = change.jobs
+    assert value(m, "eraserd_retune_cluster_seconds_count") == len(jobs) == len(change.retrained)
     assert value(m, "eraserd_retune_cluster_seconds_sum") == pytest.approx(
-        sum(j["seconds"] for j in jobs.values())
+        sum(j.seconds for j in jobs.values())
     )
 
     # The Poisson gauges are poisson.py's formulas at the exposed rate, window and sizes.

@@ -109,7 +109,7 @@ def canonical_view(data: bytes, size: int) -> torch.Tensor:
         raise ImageDecodeError("empty image")
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    rgb = rgb.resize((nw, nh), Image.BILINEAR)
+    rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
     rgb = rgb.crop((left, top, left + size, top + size))
     arr = np.array(rgb, dtype=np.uint8, copy=True)

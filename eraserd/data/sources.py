@@ -7,6 +7,7 @@ needs the bytes (readable image?) happens in the store's ingest, which is all-or
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def _digits(cfg: DataConfig) -> Source:
                 sample_id=f"digits-{i:0{width}d}",
                 subject_id=f"subject-{i // DIGITS_PER_SUBJECT:0{swidth}d}",
                 label=str(int(target)),
-                read=lambda image=image: _digit_png(image),
+                read=functools.partial(_digit_png, image),
                 origin=f"digits[{i}]",
             )
 

@@ -42,7 +42,8 @@ class JobResult:
     attempts: int
 
 
-OnDone = Callable[[RetuneJob, JobResult], None]
+OnDone = Callable[[RetuneJob, JobResult], object]
+"""Called as each job finishes; what it returns is ignored."""
 
 
 class Executor(Protocol):

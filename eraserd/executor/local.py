@@ -216,7 +216,9 @@ class LocalPool:
                 (i for i, w in enumerate(self.workers) if w.job and w.job[0] == ident), None
             )
             if slot is not None:  # else: from a worker already given up on
-                _, pack, _ = self.workers[slot].job
+                job = self.workers[slot].job
+                assert job is not None  # the slot was found by its job
+                _, pack, _ = job
                 self.workers[slot].job = None
                 if kind == "done":
                     self._measure(device, pack.cost, sum(out[3] for out in payload))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Any
 
 from ..config import Config, config_from_dict
 from .dispatch import Event, Failed, Finished, dispatch
@@ -60,7 +61,7 @@ class RayExecutor:
         self.job_timeout_s = cfg.executor.job_timeout_s
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            kwargs = {"include_dashboard": False, "log_to_driver": False}
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if rc.address:
                 ray.init(address=rc.address, **kwargs)
             else:
@@ -101,7 +102,8 @@ class RayExecutor:
         return "ray-gpu" if self._gpu else "cpu"
 
     def _new_actor(self):
-        actor = self._actor_cls.remote(*self._args)
+        # Any: Ray types an actor handle's methods as plain callables, without their .remote.
+        actor: Any = self._actor_cls.remote(*self._args)
         return actor, actor.pid.remote()  # queued first: answered once the actor is up
 
     def actor_pids(self) -> list[int]:

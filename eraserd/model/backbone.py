@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -177,7 +178,10 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"backbone.weights: does not fit {cfg.name}: {first}") from None
     digest = weights_digest(model.state_dict())
-    model.reset_classifier(0)
+    # timm types create_model as nn.Module; every timm model has reset_classifier and
+    # num_features, which nn.Module.__getattr__ would type as Tensor | Module.
+    timm_model = cast(Any, model)
+    timm_model.reset_classifier(0)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -188,12 +192,13 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
     numerics = f"{runtime.device}|threads={runtime.num_threads}|det={runtime.deterministic}"
     train_model = prepare_train_model(model, cfg.image_size, device)
     # Compiled lazily on first use, so once per persistent worker process.
-    compiled = torch.compile(train_model) if runtime.compile else None
+    # torch.compile of a Module returns a Module (OptimizedModule); torch types it a callable.
+    compiled = cast(nn.Module, torch.compile(train_model)) if runtime.compile else None
     return Backbone(
         model,
         cfg.name,
         digest,
-        int(model.num_features),
+        int(timm_model.num_features),
         cfg.image_size,
         mean,
         std,

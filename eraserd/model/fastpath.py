@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import cast
 
 import torch
 from torch import nn
@@ -23,21 +24,26 @@ FASTPATH_VERSION = "fold-bn-1"
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    running_mean, running_var = bn.running_mean, bn.running_var
+    # fold_batchnorm folds only a BatchNorm that tracks running stats: both are set.
+    assert running_mean is not None and running_var is not None
+    scale = bn.weight / torch.sqrt(running_var + bn.eps)
+    # Conv2d keeps these as pairs; torch annotates the attributes as tuple[int, ...].
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        cast("tuple[int, int]", conv.kernel_size),
+        cast("tuple[int, int]", conv.stride),
+        cast("str | tuple[int, int]", conv.padding),
+        cast("tuple[int, int]", conv.dilation),
         conv.groups,
         bias=True,
         padding_mode=conv.padding_mode,
     ).to(conv.weight.device, conv.weight.dtype)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(running_mean)
+    assert fused.bias is not None  # bias=True
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    fused.bias.copy_((bias - running_mean) * scale + bn.bias)
     return fused
 
 

@@ -70,7 +70,8 @@ def configure_torch(runtime: RuntimeConfig) -> None:
         # With deterministic algorithms on, torch also NaN-fills every new tensor, a debugging
         # aid that cost 22% of a CPU training step. No kernel here reads memory it did not
         # write (the tests compare packed, solo and rebuilt models bit for bit).
-        torch.utils.deterministic.fill_uninitialized_memory = False
+        # A property of a module subclass that torch installs at import: invisible to mypy.
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         torch.backends.cudnn.benchmark = False
         if runtime.device.startswith("cuda"):
             # FlashAttention's backward accumulates with atomics; the math and memory-efficient
@@ -196,7 +197,7 @@ class _Cluster:
         self.params = [
             t.to(device).requires_grad_(True) for t in (plan.prompt, plan.weight, plan.bias)
         ]
-        self.momentum: list[torch.Tensor] | None = None
+        self.momentum: list[torch.Tensor] = []  # filled by the cluster's first step
         starts = [0]
         for s in plan.sizes:
             starts.append(starts[-1] + s)
@@ -212,6 +213,12 @@ class _Cluster:
         return slice(self.starts[step], self.starts[step + 1])
 
 
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """``p``'s gradient: every parameter takes part in the loss, so backward gave it one."""
+    assert p.grad is not None
+    return p.grad
+
+
 def _sgd_step(clusters: list[_Cluster], first: bool, tcfg: TrainingConfig, step: int) -> None:
     """SGD with momentum (PyTorch semantics) for exactly the clusters given.
 
@@ -219,13 +226,13 @@ def _sgd_step(clusters: list[_Cluster], first: bool, tcfg: TrainingConfig, step:
     so a cluster's update does not depend on its companions.
     """
     params = [p for c in clusters for p in c.params]
-    grads = [p.grad for p in params]
+    grads = [_grad(p) for p in params]
     if tcfg.weight_decay:
         torch._foreach_add_(grads, params, alpha=tcfg.weight_decay)
     if tcfg.momentum:
         if first:
             for c in clusters:
-                c.momentum = [p.grad.clone() for p in c.params]
+                c.momentum = [_grad(p).clone() for p in c.params]
         else:
             bufs = [b for c in clusters for b in c.momentum]
             torch._foreach_mul_(bufs, tcfg.momentum)
