@@ -64,4 +64,4 @@ def test_crash_and_retry_under_load_trains_the_quiet_bits(make_config, lite0_32)
     assert report["identical"], report
     quiet = crash_and_retry(make_config("quiet", **light), lite0_32)
     assert tensors(loaded) == tensors(quiet)
-    assert loaded["prototypes"] == quiet["prototypes"]
+    assert loaded.prototypes == quiet.prototypes
