@@ -33,7 +33,7 @@ from daemon_util import reap, write_daemon_config  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 from eraserd.config import config_from_dict  # noqa: E402
-from eraserd.service import Eraser  # noqa: E402
+from eraserd.eraser import Eraser  # noqa: E402
 
 
 def write_digits(root: Path, n: int) -> Path:

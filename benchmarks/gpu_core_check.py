@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from eraserd.config import config_from_dict
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 

@@ -35,8 +35,8 @@ from synthetic_digits import make_folder  # noqa: E402
 
 from eraserd.config import DataConfig, load_config  # noqa: E402
 from eraserd.cost import Replay, Rule  # noqa: E402
+from eraserd.eraser import Eraser  # noqa: E402
 from eraserd.model.features import ensure_features  # noqa: E402
-from eraserd.service import Eraser  # noqa: E402
 
 INDEX = re.compile(r"img-(\d+)\.png$")
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eraserd import progress  # noqa: E402
 from eraserd.config import Config, load_config  # noqa: E402
-from eraserd.service import Eraser  # noqa: E402
+from eraserd.eraser import Eraser  # noqa: E402
 
 KEYS = {
     "S": ("clustering", "sample_size", int),

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eraserd.builder import load_views  # noqa: E402
 from eraserd.clustering import Routing, routing_points  # noqa: E402
 from eraserd.config import load_config  # noqa: E402
+from eraserd.eraser import Eraser  # noqa: E402
+from eraserd.materialize import load_views  # noqa: E402
 from eraserd.model.features import ensure_features  # noqa: E402
 from eraserd.model.predictor import Predictor  # noqa: E402
-from eraserd.service import Eraser  # noqa: E402
 
 
 def evaluate(config: Path, ks: list[int]) -> dict[str, tuple[float, float]]:

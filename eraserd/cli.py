@@ -68,7 +68,7 @@ def _require_model(cfg) -> None:
 
 
 def _eraser(cfg, need_model: bool = True):
-    from .service import Eraser
+    from .eraser import Eraser
 
     if need_model:
         _require_model(cfg)
@@ -243,7 +243,7 @@ def _cost_line(c: dict) -> str:
 @command
 def samples(cfg, as_json: bool, cluster) -> None:
     """List samples: id, subject, split, cluster, and whether in the clustering sample."""
-    from .service import HELD_OUT
+    from .eraser import HELD_OUT
 
     with _eraser(cfg) as er:
         rows = er.samples(cluster)
@@ -397,7 +397,7 @@ def thresholds(cfg, as_json: bool, points: int, caps, evaluations: int) -> None:
 
 
 class _Parsed(click.ParamType):
-    """A value parsed by ``eraserd.planner``; a bad one is a usage error (exit 2)."""
+    """A value parsed by ``eraserd.window_plan``; a bad one is a usage error (exit 2)."""
 
     def __init__(self, name: str, parser: str):
         self.name, self._parser = name, parser
@@ -448,7 +448,7 @@ def _executor_devices(cfg) -> int:
 @command
 def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> None:
     """Choose the batch window T for a deletion rate and a deadline."""
-    from . import planner
+    from . import window_plan
 
     if plot is not None:
         try:
@@ -456,10 +456,10 @@ def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> Non
         except ImportError:
             raise_error("--plot needs matplotlib: pip install matplotlib")
     with _eraser(cfg) as er:
-        inputs = planner.plan_inputs(er.registry.load())
+        inputs = window_plan.plan_inputs(er.registry.load())
     devices = devices or _executor_devices(cfg)
     try:
-        p = planner.plan(
+        p = window_plan.plan(
             inputs.sizes,
             inputs.times.seconds,
             rate,
@@ -474,7 +474,7 @@ def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> Non
     except ValueError as exc:
         raise EraserdError(str(exc)) from None
     if plot is not None:
-        planner.plot_plan(p, plot)
+        window_plan.plot_plan(p, plot)
     payload = {
         "version": inputs.version,
         "cluster_sizes": list(inputs.sizes),
@@ -484,7 +484,7 @@ def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> Non
         "single_prompt_s": inputs.single_prompt_s,
         **p.to_dict(),
     }
-    _emit(as_json, payload, planner.format_plan(p, inputs))
+    _emit(as_json, payload, window_plan.format_plan(p, inputs))
 
 
 @main.command()
@@ -498,9 +498,9 @@ def plan(cfg, as_json: bool, rate: float, deadline: float, devices, plot) -> Non
 @command
 def simulate(cfg, as_json: bool, rate, windows: int, seed: int) -> None:
     """Replay Poisson deletions against the daemon's batch policy; compare with the model."""
-    from .planner import plan_inputs
     from .simulate import format_simulation
     from .simulate import simulate as replay
+    from .window_plan import plan_inputs
 
     with _eraser(cfg) as er:
         inputs = plan_inputs(er.registry.load())

@@ -28,11 +28,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import __version__
 from .audit import AUDIT_FILE, AuditLog
-from .batching import FlushPolicy, retry_delay, update_estimate
 from .config import Config
 from .data.store import Store
+from .eraser import Eraser
 from .errors import DataError, EraserdError, UnknownIdError
 from .faults import crashpoint
+from .flush import FlushPolicy, retry_delay, update_estimate
 from .fsutil import atomic_write
 from .locking import StateLock
 from .metrics import DaemonMetrics, DaemonState, ModelFacts
@@ -40,7 +41,6 @@ from .model.predictor import Predictor
 from .pending import PlanCache
 from .queue import PENDING, BatchState, Page, Position, Queue
 from .queueview import QueueView
-from .service import Eraser
 from .withdrawn import Withheld, withdrawn_clusters
 
 log = logging.getLogger("eraserd.daemon")

@@ -4,7 +4,7 @@ Counters and histograms are updated where events happen (a submission, a batch o
 Gauges are computed at scrape time by ``StateCollector`` from a ``DaemonState`` snapshot: cheap
 reads of the queue (its read model, ``queueview.py``), the serving version's manifest facts and
 the executor, with no batch work or lock of the batch runner involved. The batch model's
-formulas come from ``poisson.py`` and ``planner.py`` (per-cluster costs, shared with
+formulas come from ``poisson.py`` and ``window_plan.py`` (per-cluster costs, shared with
 ``eraserd plan``); the helpers here only estimate its inputs (the deletion rate, ``T_c``, the
 retune throughput) from what was observed.
 
@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from . import planner
+from . import window_plan
 from .config import Config
 from .manifest import Manifest
 from .queueview import QueueFacts
@@ -80,7 +80,7 @@ class ModelFacts:
     created_at: float
     jobs: tuple[tuple[float, float], ...]
     """(seconds, image-steps) of each cluster this version retuned."""
-    plan: planner.PlanInputs
+    plan: window_plan.PlanInputs
     """Per-cluster retune seconds and recluster cost, exactly as ``eraserd plan`` reads them."""
     retrain_share: float | None
     largest_share: float | None
@@ -88,7 +88,7 @@ class ModelFacts:
     @classmethod
     def from_manifest(cls, m: Manifest) -> ModelFacts:
         sizes = m.sizes
-        steps = planner.image_steps(m)
+        steps = window_plan.image_steps(m)
         cost = m.cost or {}
         return cls(
             version=m.version,
@@ -99,7 +99,7 @@ class ModelFacts:
             jobs=tuple(
                 (j.seconds, steps[k]) for k, j in sorted(m.change.jobs.items()) if k in sizes
             ),
-            plan=planner.plan_inputs(m),
+            plan=window_plan.plan_inputs(m),
             retrain_share=cost.get("expected_retrain_share"),
             largest_share=cost.get("largest_share"),
         )
@@ -126,7 +126,7 @@ def retune_cost(jobs: Iterable[tuple[float, float]]) -> RetuneCost:
 class Forecast:
     """The batch model at the estimated rate and the window, on the serving version.
 
-    Costs are per cluster and size-aware, from the same ``planner.plan_row`` that
+    Costs are per cluster and size-aware, from the same ``window_plan.plan_row`` that
     ``eraserd plan`` prints, so the two always agree on the same inputs.
     """
 
@@ -144,12 +144,14 @@ class Forecast:
     """Device-seconds of a single prompt over LMEraser's on the same deletions."""
 
 
-def forecast(inputs: planner.PlanInputs, rate: float, window_s: float, devices: int) -> Forecast:
+def forecast(
+    inputs: window_plan.PlanInputs, rate: float, window_s: float, devices: int
+) -> Forecast:
     sizes, seconds = inputs.sizes, inputs.times.seconds
 
-    def row(d: int) -> planner.PlanRow:
-        full = planner.full_retrain_seconds(seconds, d)
-        return planner.plan_row(
+    def row(d: int) -> window_plan.PlanRow:
+        full = window_plan.full_retrain_seconds(seconds, d)
+        return window_plan.plan_row(
             sizes,
             seconds,
             rate,
@@ -171,7 +173,7 @@ def forecast(inputs: planner.PlanInputs, rate: float, window_s: float, devices: 
         one.batch_s,
         many.batch_s,
         float(sum(seconds)) if inputs.single_prompt_s is None else inputs.single_prompt_s,
-        planner.efficiency_gain(one, inputs),
+        window_plan.efficiency_gain(one, inputs),
     )
 
 

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import poisson
-from .batching import FlushPolicy
 from .config import DaemonConfig
+from .flush import FlushPolicy
 from .queue import Pending
 
 _CHUNK = 4096

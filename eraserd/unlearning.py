@@ -4,7 +4,7 @@ Given the current partition, the training samples to delete and the clustering s
 ``decide`` says what is gone, whether the data must be reclustered, the new partition, and
 which of its clusters must be trained from scratch and which keep their trained prompt and
 head. Everything that reads the store, loads features or writes blobs happens around it
-(``service.Eraser.forget``); this module imports neither torch, sqlite3 nor the registry.
+(``eraser.Eraser.forget``); this module imports neither torch, sqlite3 nor the registry.
 
 The rules, each what a from-scratch build on the remaining data would give:
 

@@ -42,7 +42,7 @@ from daemon_util import BIN, DaemonProc
 from patience import children, run_patiently
 
 from eraserd.config import config_from_dict
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 TERMINAL = ("published", "failed")
 

@@ -19,7 +19,7 @@ from conftest import small_raw
 from patience import Patience, die_with_parent
 
 from eraserd.config import config_from_dict
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 BIN = Path(sys.executable).parent
 

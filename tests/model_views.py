@@ -3,7 +3,7 @@ and Ray tests (and the scripts they run in a subprocess) share these."""
 
 from __future__ import annotations
 
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 
 def membership(er: Eraser) -> dict[str, list[str]]:

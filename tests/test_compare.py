@@ -119,8 +119,8 @@ def test_a_cluster_trained_on_another_platform_says_so(tmp_path):
 
 
 def test_a_real_build_records_its_numeric_platform(make_config, lite0_32):
+    from eraserd.eraser import Eraser
     from eraserd.numerics import numeric_platform
-    from eraserd.service import Eraser
 
     cfg = make_config("p", clustering={"n_clusters": 2}, training={"epochs": 1, "warmup_epochs": 0})
     with Eraser(cfg, backbone=lite0_32) as er:

@@ -111,7 +111,7 @@ def test_manifest_header_is_checked(tmp_path):
 
 
 def test_split_is_by_subject_and_deterministic(tmp_path, digits_data):
-    from eraserd.service import Eraser
+    from eraserd.eraser import Eraser
 
     def split_rows(state):
         from conftest import small_raw

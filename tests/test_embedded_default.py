@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from eraserd.config import load_config
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 

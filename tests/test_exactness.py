@@ -9,8 +9,8 @@ from conftest import forget_crashing_before_purge
 from model_views import model_view
 
 from eraserd.cost import Replay, Rule
+from eraserd.eraser import Eraser
 from eraserd.model.features import ensure_features
-from eraserd.service import Eraser
 
 
 def write_manifest_without(src, dst, drop: set[str]) -> None:

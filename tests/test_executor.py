@@ -17,7 +17,7 @@ import pytest
 from model_views import build_and_forget, forget_two
 from patience import run_patiently
 
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 ROOT = Path(__file__).resolve().parent.parent
 

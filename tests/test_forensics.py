@@ -7,7 +7,7 @@ import pytest
 from conftest import tree_bytes
 
 from eraserd.data.images import canonical_view
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 
 @pytest.mark.slow

@@ -15,10 +15,10 @@ from daemon_util import DaemonProc, built_state, ctl, prebuilt_config
 
 from eraserd.config import config_from_dict
 from eraserd.ctl import age
+from eraserd.eraser import Eraser
 from eraserd.pending import VersionIndex, plan
 from eraserd.queue import Queue, RequestState, decode_cursor, encode_cursor
 from eraserd.registry import Registry
-from eraserd.service import Eraser
 
 # ---- cursors, pages and plans, without a daemon ---------------------------------------------
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pytest
 from conftest import forget_crashing_before_purge
 
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 SPIN = "import time\nend = time.monotonic() + 900\nwhile time.monotonic() < end: pass\n"
 """A busy loop that ends on its own after 15 minutes, should anything outlive the test."""

@@ -15,7 +15,7 @@ import yaml
 from daemon_util import BIN, DaemonProc, built_state, start_published_daemon
 from prometheus_client.parser import text_string_to_metric_families
 
-from eraserd import __version__, planner, poisson
+from eraserd import __version__, poisson, window_plan
 from eraserd.manifest import FORMAT, Manifest
 from eraserd.metrics import estimate_rate, forecast, retune_cost
 from eraserd.queue import Queue
@@ -245,11 +245,11 @@ def manifest_like(sizes, samples, jobs, recluster_share, min_steps=0) -> Manifes
 
 def test_forecast_agrees_with_the_plan_on_the_same_inputs():
     sizes, samples = (700, 200, 60, 40), (70, 20, 6, 4)
-    inputs = planner.plan_inputs(manifest_like(sizes, samples, {0: 140.0, 3: 9.0}, 0.3))
+    inputs = window_plan.plan_inputs(manifest_like(sizes, samples, {0: 140.0, 3: 9.0}, 0.3))
     rate, window = 0.004, 600.0
     for devices in (1, 3):
         f = forecast(inputs, rate, window, devices)
-        p = planner.plan(
+        p = window_plan.plan(
             inputs.sizes,
             inputs.times.seconds,
             rate,
@@ -276,11 +276,11 @@ def test_forecast_agrees_with_the_plan_on_the_same_inputs():
     assert still.batch_single_s == 0 and still.expected_k == 0
     assert still.gain == pytest.approx(forecast(inputs, 1e-9, window, 1).gain, rel=1e-6)
     # Reclusters cost something: without them the gain is higher.
-    free = planner.plan_inputs(manifest_like(sizes, samples, {0: 140.0, 3: 9.0}, 0.0))
+    free = window_plan.plan_inputs(manifest_like(sizes, samples, {0: 140.0, 3: 9.0}, 0.0))
     assert forecast(free, rate, window, 1).gain > f.gain
     # With min_steps, small clusters train more epochs than one prompt on all data would:
     # T_s is one prompt at its own epochs, not the sum of the clusters' times.
-    slow = planner.plan_inputs(manifest_like(sizes, samples, {0: 140.0}, 0.3, min_steps=20))
+    slow = window_plan.plan_inputs(manifest_like(sizes, samples, {0: 140.0}, 0.3, min_steps=20))
     assert slow.single_prompt_s == pytest.approx(1000 * 2 * 140.0 / (700 * 2))
     assert slow.single_prompt_s < 0.8 * sum(slow.times.seconds)
     assert forecast(slow, rate, window, 1).single_prompt_s == slow.single_prompt_s

@@ -13,9 +13,9 @@ import dataclasses
 import pytest
 import torch
 
-from eraserd.builder import train_fingerprint
 from eraserd.config import AugmentConfig, PromptConfig, TrainingConfig
 from eraserd.executor import RetuneJob, plan_packs
+from eraserd.materialize import train_fingerprint
 from eraserd.training.engine import ClusterData, train_pack
 
 TRAIN = TrainingConfig(
@@ -153,8 +153,8 @@ def test_builds_through_packs_equal_one_cluster_jobs_and_verify_needs_determinis
 ):
     """End to end through the builder and executor: 4 clusters in one pack give the same
     registry blobs as one job per cluster; a packed-mode model cannot be verified bitwise."""
+    from eraserd.eraser import Eraser
     from eraserd.errors import ConfigError
-    from eraserd.service import Eraser
 
     views = []
     for i, pack in enumerate((1, 4)):

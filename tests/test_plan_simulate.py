@@ -15,13 +15,13 @@ from cli_util import eraserd
 from click.testing import CliRunner
 from conftest import small_raw
 
-from eraserd import planner, poisson
-from eraserd.batching import flush_reason
+from eraserd import poisson, window_plan
 from eraserd.cli import main
 from eraserd.config import DaemonConfig, config_from_dict
+from eraserd.eraser import Eraser
+from eraserd.flush import flush_reason
 from eraserd.queue import Pending
 from eraserd.registry import Registry
-from eraserd.service import Eraser
 from eraserd.simulate import format_simulation, poisson_arrivals, replay, simulate
 
 SKEWED = [900] + [1] * 100  # one cluster holds 90% of the data, a hundred hold one sample
@@ -37,7 +37,7 @@ def skewed_times(sizes, per_sample=0.05, overhead=2.0):
 @pytest.mark.parametrize("devices", [1, 4, None])
 def test_plan_recommends_the_cheapest_feasible_window(devices):
     times = skewed_times(SKEWED)
-    p = planner.plan(SKEWED, times, 20 / 86400, 72 * 3600.0, devices, current_window_s=60)
+    p = window_plan.plan(SKEWED, times, 20 / 86400, 72 * 3600.0, devices, current_window_s=60)
     windows = [r.window_s for r in p.rows]
     assert windows == sorted(windows) and windows[0] == 60 and windows[-1] == 72 * 3600
     costs = [r.device_s_per_day for r in p.rows]
@@ -56,13 +56,13 @@ def test_plan_recommends_the_cheapest_feasible_window(devices):
     assert best.device_s_per_day == min(r.device_s_per_day for r in p.rows if r.feasible)
     # The optimum is on the grid: the deadline minus a full retrain, down to a minute.
     assert p.deadline_s - p.full_retrain_s - 60 < best.window_s <= p.deadline_s - p.full_retrain_s
-    text = planner.format_plan(p)
+    text = window_plan.format_plan(p)
     assert f"recommended: batch_window_s: {best.window_s:g}" in text and "(current)" in text
 
 
 def test_plan_rows_follow_the_poisson_model():
     sizes, rate, c = [40, 30, 20, 10], 0.01, 12.0
-    p = planner.plan(sizes, [c] * 4, rate, 86400.0, devices=1, sample_counts=[4, 3, 2, 1])
+    p = window_plan.plan(sizes, [c] * 4, rate, 86400.0, devices=1, sample_counts=[4, 3, 2, 1])
     for r in p.rows:
         t = r.window_s
         e_k = poisson.expected_affected(sizes, rate, t)
@@ -85,32 +85,32 @@ def test_plan_rows_follow_the_poisson_model():
 
 def test_more_devices_allow_a_longer_window_and_deadlines_bind():
     times = skewed_times(SKEWED, per_sample=20.0)  # a full retrain: about 5 h on one device
-    one = planner.plan(SKEWED, times, 1 / 3600, 24 * 3600.0, devices=1)
-    many = planner.plan(SKEWED, times, 1 / 3600, 24 * 3600.0, devices=8)
+    one = window_plan.plan(SKEWED, times, 1 / 3600, 24 * 3600.0, devices=1)
+    many = window_plan.plan(SKEWED, times, 1 / 3600, 24 * 3600.0, devices=8)
     assert many.full_retrain_s < one.full_retrain_s
     assert many.recommended.window_s > one.recommended.window_s
     assert many.recommended.device_s_per_day < one.recommended.device_s_per_day
     # A deadline shorter than a full retrain leaves nothing feasible.
-    tight = planner.plan(SKEWED, times, 1 / 3600, one.full_retrain_s - 1, devices=1)
+    tight = window_plan.plan(SKEWED, times, 1 / 3600, one.full_retrain_s - 1, devices=1)
     assert tight.recommended is None and not any(r.feasible for r in tight.rows)
-    assert "no window meets the deadline" in planner.format_plan(tight)
+    assert "no window meets the deadline" in window_plan.format_plan(tight)
 
 
 def test_the_margin_comes_off_the_deadline():
     times = skewed_times(SKEWED)
-    bare = planner.plan(SKEWED, times, 1 / 3600, 86400.0)
-    kept = planner.plan(SKEWED, times, 1 / 3600, 86400.0, margin_s=600.0)
+    bare = window_plan.plan(SKEWED, times, 1 / 3600, 86400.0)
+    kept = window_plan.plan(SKEWED, times, 1 / 3600, 86400.0, margin_s=600.0)
     assert kept.recommended.window_s < bare.recommended.window_s
     assert kept.recommended.worst_latency_s <= 86400 - 600 < bare.recommended.worst_latency_s
     assert all(r.feasible == (r.worst_latency_s <= 86400 - 600) for r in kept.rows)
-    assert "less a 10m margin" in planner.format_plan(kept)
+    assert "less a 10m margin" in window_plan.format_plan(kept)
     with pytest.raises(ValueError, match="margin"):
-        planner.plan(SKEWED, times, 1 / 3600, 86400.0, margin_s=-1.0)
+        window_plan.plan(SKEWED, times, 1 / 3600, 86400.0, margin_s=-1.0)
 
 
 def test_a_runner_that_cannot_keep_up_is_infeasible():
     # 10 deletions a minute over 10 equal clusters, 30 s per cluster on one device.
-    p = planner.plan([10] * 10, [30.0] * 10, 10 / 60, 7200.0, devices=1, windows=[60, 600])
+    p = window_plan.plan([10] * 10, [30.0] * 10, 10 / 60, 7200.0, devices=1, windows=[60, 600])
     short, long = p.rows
     assert short.busy > 1 and not short.feasible
     assert long.busy < 1 and long.feasible and p.recommended is long
@@ -118,10 +118,10 @@ def test_a_runner_that_cannot_keep_up_is_infeasible():
 
 def test_full_retrain_is_largest_first_on_the_least_loaded_device():
     times = [3, 5, 3, 4, 3]
-    assert planner.full_retrain_seconds(times, 1) == 18
-    assert planner.full_retrain_seconds(times, 2) == 10  # LPT: {5, 3} and {4, 3, 3}
-    assert planner.full_retrain_seconds(times, None) == 5
-    assert planner.full_retrain_seconds(times, 9) == 5
+    assert window_plan.full_retrain_seconds(times, 1) == 18
+    assert window_plan.full_retrain_seconds(times, 2) == 10  # LPT: {5, 3} and {4, 3, 3}
+    assert window_plan.full_retrain_seconds(times, None) == 5
+    assert window_plan.full_retrain_seconds(times, 9) == 5
 
 
 def test_expected_largest_equals_enumeration():
@@ -131,25 +131,25 @@ def test_expected_largest_equals_enumeration():
     for hits in itertools.product([0, 1], repeat=4):
         prob = np.prod([p if h else 1 - p for p, h in zip(hit, hits)])
         exact += prob * max([s for s, h in zip(secs, hits) if h], default=0.0)
-    assert planner.expected_largest(hit, secs) == pytest.approx(exact)
+    assert window_plan.expected_largest(hit, secs) == pytest.approx(exact)
 
 
 def test_retune_times_measured_estimated_and_assumed():
-    t = planner.retune_times([100, 50, 10], 2, [4.0, None, 0.5])
+    t = window_plan.retune_times([100, 50, 10], 2, [4.0, None, 0.5])
     per = 4.5 / (110 * 2)
     assert t.seconds == pytest.approx((4.0, 50 * 2 * per, 0.5))
     assert t.measured == 2 and "measured for 2 of 3" in t.basis
-    fallback = planner.retune_times([100, 50], 3, [None, None], sample_epochs_per_s=300.0)
+    fallback = window_plan.retune_times([100, 50], 3, [None, None], sample_epochs_per_s=300.0)
     assert fallback.seconds == pytest.approx((1.0, 0.5)) and "assumed" in fallback.basis
     # Per-cluster epochs (min_steps gives small clusters more): work is size x own epochs.
-    own = planner.retune_times([100, 50, 10], [2, 2, 8], [4.0, None, None])
+    own = window_plan.retune_times([100, 50, 10], [2, 2, 8], [4.0, None, None])
     assert own.seconds == pytest.approx((4.0, 50 * 2 * 4.0 / 200, 10 * 8 * 4.0 / 200))
     with pytest.raises(ValueError, match="one per cluster"):
-        planner.retune_times([1, 2], [1], [None, None])
+        window_plan.retune_times([1, 2], [1], [None, None])
     with pytest.raises(ValueError, match="one measured time"):
-        planner.retune_times([1, 2], 1, [None])
+        window_plan.retune_times([1, 2], 1, [None])
     with pytest.raises(ValueError, match="negative"):
-        planner.retune_times([1], 1, [-1.0])
+        window_plan.retune_times([1], 1, [-1.0])
 
 
 @pytest.mark.parametrize(
@@ -172,7 +172,7 @@ def test_retune_times_measured_estimated_and_assumed():
 def test_plan_refuses_bad_input(kwargs, message):
     args = {"sizes": [10, 20], "cluster_seconds": [1.0, 2.0], "rate": 0.01, "deadline_s": 3600.0}
     with pytest.raises(ValueError, match=message):
-        planner.plan(**{**args, **kwargs})
+        window_plan.plan(**{**args, **kwargs})
 
 
 # ---- the simulation against the model -------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 from model_views import model_view
 from patience import run_patiently
 
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 ROOT = Path(__file__).resolve().parent.parent
 GCS_PORT = 6379  # the namespace is private: every port is free
@@ -36,7 +36,7 @@ from conftest import small_raw
 from model_views import model_view
 from eraserd.config import config_from_dict
 from eraserd.executor.ray_backend import RayExecutor
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 raw = small_raw(Path({state!r}), Path({source!r}), executor={{
     "backend": "ray",

@@ -21,7 +21,7 @@ from patience import run_patiently
 from prometheus_client.parser import text_string_to_metric_families
 
 from eraserd.config import config_from_dict
-from eraserd.service import Eraser
+from eraserd.eraser import Eraser
 
 FAST_RETRIES = {"retry_backoff_s": 0.2, "retry_backoff_max_s": 1.0}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eraserd.batching import FlushPolicy, flush_reason, retry_delay, update_estimate
 from eraserd.config import DaemonConfig
+from eraserd.flush import FlushPolicy, flush_reason, retry_delay, update_estimate
 from eraserd.queue import Pending
 
 pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
@@ -22,65 +22,65 @@ def pending(requests: int = 1, samples: int = 1, deadline: float | None = FAR) -
 
 def test_nothing_pending_never_flushes_even_when_every_rule_would_fire():
     empty = Pending(requests=0, samples=0, oldest_created=None, earliest_deadline=None)
-    assert flush_reason(empty, now=1000.0, last_flush=0.0, cfg=CFG, predicted_s=0.0) is None
+    assert flush_reason(empty, now=1000.0, window_start=0.0, cfg=CFG, predicted_s=0.0) is None
     # requests == 0 wins over a (stale) sample count and a passed deadline
     odd = Pending(requests=0, samples=50, oldest_created=0.0, earliest_deadline=1.0)
-    assert flush_reason(odd, now=1000.0, last_flush=0.0, cfg=CFG, predicted_s=0.0) is None
+    assert flush_reason(odd, now=1000.0, window_start=0.0, cfg=CFG, predicted_s=0.0) is None
 
 
 def test_size_reached_flushes_and_takes_precedence():
     # window elapsed and deadline passed too: size still wins
     p = pending(samples=10, deadline=50.0)
-    assert flush_reason(p, now=100.0, last_flush=0.0, cfg=CFG, predicted_s=30.0) == "size"
+    assert flush_reason(p, now=100.0, window_start=0.0, cfg=CFG, predicted_s=30.0) == "size"
     p = pending(samples=11, deadline=FAR)
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=0.0) == "size"
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=0.0) == "size"
 
 
 def test_one_sample_below_max_is_not_size():
     p = pending(samples=9, deadline=FAR)
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=0.0) is None
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=0.0) is None
     # with the deadline also due, the next rule answers
     p = pending(samples=9, deadline=100.0)
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=0.0) == "deadline"
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=0.0) == "deadline"
 
 
 def test_deadline_minus_prediction_minus_margin_reached_flushes():
     # 125 - 20 - 5 == 100 <= now
     p = pending(samples=1, deadline=125.0)
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=20.0) == "deadline"
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=20.0) == "deadline"
     # already past
     p = pending(samples=1, deadline=110.0)
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=20.0) == "deadline"
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=20.0) == "deadline"
     # deadline rule beats the window rule
     p = pending(samples=1, deadline=125.0)
-    assert flush_reason(p, now=100.0, last_flush=0.0, cfg=CFG, predicted_s=20.0) == "deadline"
+    assert flush_reason(p, now=100.0, window_start=0.0, cfg=CFG, predicted_s=20.0) == "deadline"
 
 
 def test_deadline_just_outside_the_margin_waits():
     # 125.5 - 20 - 5 == 100.5 > now
     p = pending(samples=1, deadline=125.5)
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=20.0) is None
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=20.0) is None
     # the prediction counts: a shorter predicted batch leaves room
     p = pending(samples=1, deadline=125.0)
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=19.5) is None
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=19.5) is None
 
 
 def test_no_deadline_is_never_a_deadline_flush():
     p = pending(samples=1, deadline=None)
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=1e9) is None
-    assert flush_reason(p, now=160.0, last_flush=100.0, cfg=CFG, predicted_s=1e9) == "window"
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=1e9) is None
+    assert flush_reason(p, now=160.0, window_start=100.0, cfg=CFG, predicted_s=1e9) == "window"
 
 
 def test_window_elapsed_flushes():
     p = pending(samples=1, deadline=FAR)
-    assert flush_reason(p, now=100.0, last_flush=40.0, cfg=CFG, predicted_s=1.0) == "window"
-    assert flush_reason(p, now=500.0, last_flush=40.0, cfg=CFG, predicted_s=1.0) == "window"
+    assert flush_reason(p, now=100.0, window_start=40.0, cfg=CFG, predicted_s=1.0) == "window"
+    assert flush_reason(p, now=500.0, window_start=40.0, cfg=CFG, predicted_s=1.0) == "window"
 
 
 def test_window_not_elapsed_waits():
     p = pending(samples=1, deadline=FAR)
-    assert flush_reason(p, now=100.0, last_flush=40.5, cfg=CFG, predicted_s=1.0) is None
-    assert flush_reason(p, now=100.0, last_flush=100.0, cfg=CFG, predicted_s=1.0) is None
+    assert flush_reason(p, now=100.0, window_start=40.5, cfg=CFG, predicted_s=1.0) is None
+    assert flush_reason(p, now=100.0, window_start=100.0, cfg=CFG, predicted_s=1.0) is None
 
 
 def test_update_estimate_first_observation_replaces_non_positive_previous():

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from .audit import AUDIT_FILE, AuditLog, check_chain
-from .builder import Change, cluster_fingerprint, config_hash, materialize, train_fingerprint
 from .clustering import (
     Partition,
     Routing,
@@ -32,6 +31,7 @@ from .errors import ConfigError, DataError, RegistryError
 from .executor import Executor, create_executor
 from .ids import unit_interval
 from .manifest import Manifest
+from .materialize import Change, cluster_fingerprint, config_hash, materialize, train_fingerprint
 from .model.backbone import Backbone, load_backbone
 from .model.features import ensure_features
 from .model.predictor import Predictor
@@ -44,7 +44,7 @@ from .withdrawn import Withheld, withdrawn_clusters
 HELD_OUT = "-"
 """The cluster column of a held-out sample, and ``samples(cluster=...)``'s name for them."""
 
-log = logging.getLogger("eraserd.service")
+log = logging.getLogger("eraserd.eraser")
 
 
 @dataclass(frozen=True)

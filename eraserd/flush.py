@@ -53,13 +53,13 @@ class FlushPolicy:
 
 
 def flush_reason(
-    pending: Pending, now: float, last_flush: float, cfg: DaemonConfig, predicted_s: float
+    pending: Pending, now: float, window_start: float, cfg: DaemonConfig, predicted_s: float
 ) -> str | None:
     """The reason to start a batch now, or None to keep waiting.
 
     - ``size``: pending samples reached ``max_batch_samples``;
     - ``deadline``: the earliest deadline minus the predicted batch time is within the margin;
-    - ``window``: the batch window T has passed since the last flush.
+    - ``window``: the batch window T has passed since ``window_start``.
     """
     if pending.requests == 0:
         return None
@@ -69,7 +69,7 @@ def flush_reason(
         pending.earliest_deadline - predicted_s - cfg.deadline_margin_s <= now
     ):
         return "deadline"
-    if now - last_flush >= cfg.batch_window_s:
+    if now - window_start >= cfg.batch_window_s:
         return "window"
     return None
 
