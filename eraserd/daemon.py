@@ -39,8 +39,7 @@ from .locking import StateLock
 from .metrics import DaemonMetrics, DaemonState, ModelFacts
 from .model.predictor import Predictor
 from .pending import PlanCache
-from .queue import PENDING, BatchState, Page, Position, Queue
-from .queueview import QueueView
+from .queue import PENDING, BatchState, Page, Position, Queue, QueueView
 from .withdrawn import Withheld, withdrawn_clusters
 
 log = logging.getLogger("eraserd.daemon")

@@ -2,7 +2,7 @@
 
 Counters and histograms are updated where events happen (a submission, a batch outcome).
 Gauges are computed at scrape time by ``StateCollector`` from a ``DaemonState`` snapshot: cheap
-reads of the queue (its read model, ``queueview.py``), the serving version's manifest facts and
+reads of the queue (its read model, ``queue/view.py``), the serving version's manifest facts and
 the executor, with no batch work or lock of the batch runner involved. The batch model's
 formulas come from ``poisson.py`` and ``window_plan.py`` (per-cluster costs, shared with
 ``eraserd plan``); the helpers here only estimate its inputs (the deletion rate, ``T_c``, the
@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from . import window_plan
 from .config import Config
 from .manifest import Manifest
-from .queueview import QueueFacts
+from .queue import QueueFacts
 
 # ``*_created`` series double every counter and histogram for no use here. This is
 # process-wide, and the daemon owns its process.

@@ -18,8 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from eraserd import __version__, poisson, window_plan
 from eraserd.manifest import FORMAT, Manifest
 from eraserd.metrics import estimate_rate, forecast, retune_cost
-from eraserd.queue import Queue
-from eraserd.queueview import QueueView
+from eraserd.queue import Queue, QueueView
 from eraserd.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .queue import PENDING, BatchState
+from .records import PENDING, BatchState
 
 
 @dataclass(frozen=True)
