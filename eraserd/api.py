@@ -13,14 +13,12 @@ an image's size and aspect ratio are checked from its header before a pixel is d
 
 from __future__ import annotations
 
-import errno
 import hmac
 import logging
 import sqlite3
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -30,8 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from . import __version__, apidocs
+from .apischema import PREDICT_BODY, PUBLIC, responses, with_bearer
 from .data.images import API_FORMATS, ImageDecodeError, ImageTooLarge, check_image_limits
 from .errors import UnknownIdError
+from .httpguard import BodyLimit, disk_full, error_response
 from .idfile import id_problem
 from .model.predictor import ClustersUnavailable
 from .queue import IdempotencyConflict, RequestState, decode_cursor, encode_cursor
@@ -40,12 +40,6 @@ if TYPE_CHECKING:
     from .daemon import Daemon
 
 log = logging.getLogger("eraserd.api")
-
-PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs"}
-
-BEARER = "bearer"
-"""The OpenAPI security scheme of the token: ``Authorization: Bearer <token>``."""
-_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 RETRY_AFTER_S = 30
 """``Retry-After`` of a 503 (the disk is full): a client retries the same submission."""
@@ -105,173 +99,6 @@ class DeletionIn(BaseModel):
         return value
 
 
-class ErrorDetail(BaseModel):
-    status: int
-    message: str
-
-
-class ErrorOut(BaseModel):
-    """Every error: ``{"error": {"status": N, "message": "..."}}`` (some add fields)."""
-
-    error: ErrorDetail
-
-
-def _error(
-    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"status": status, "message": message, **extra}},
-        status_code=status,
-        headers=headers,
-    )
-
-
-def disk_full(exc: BaseException) -> bool:
-    """A full disk: ``ENOSPC``/``EDQUOT``, or SQLite's ``database or disk is full``."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, sqlite3.OperationalError):
-        return "disk is full" in str(exc).lower()
-    return False
-
-
-class BodyLimit:
-    """ASGI middleware: the request body is read whole before the app runs.
-
-    Over ``limit`` bytes (declared in Content-Length, or counted as it streams, chunked or
-    not): 413. Not complete within ``timeout`` seconds of the app being called (a client that
-    stalls or trickles): 408. Both answer JSON and close the connection; the app never sees
-    a partial body, so nothing downstream raises or logs a traceback.
-    """
-
-    def __init__(self, app, limit: int, timeout: float):
-        self.app, self.limit, self.timeout = app, limit, timeout
-
-    async def _refuse(self, status: int, message: str, scope, receive, send) -> None:
-        await _error(status, message, headers={"Connection": "close"})(scope, receive, send)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_big = f"request body exceeds {self.limit} bytes (daemon.max_body_bytes)"
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._refuse(413, too_big, scope, receive, send)
-        chunks: list[bytes] = []
-        seen = 0
-        refusal: tuple[int, str] | None = None
-        try:
-            with anyio.fail_after(self.timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        return  # http.disconnect: the client left, nobody to answer
-                    chunk = message.get("body", b"")
-                    seen += len(chunk)
-                    if seen > self.limit:
-                        refusal = (413, too_big)
-                        break
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            refusal = (
-                408,
-                f"request body not received within {self.timeout:g} s (daemon.body_timeout_s)",
-            )
-        if refusal is not None:
-            return await self._refuse(*refusal, scope, receive, send)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: only http.disconnect is left
-
-        await self.app(scope, replay, send)
-
-
-_WHY = {
-    400: "Malformed body (JSON, or a multipart upload).",
-    401: "Missing or wrong bearer token.",
-    404: "No such deletion request.",
-    408: "The request body did not arrive within daemon.body_timeout_s; the connection is closed.",
-    409: "The idempotency key came with another body.",
-    413: "Request body over daemon.max_body_bytes.",
-    415: "Not a readable image.",
-    422: "Invalid fields.",
-    500: "Unexpected error (logged by the daemon).",
-    503: "The disk is full: nothing was stored. Retry the same request after Retry-After seconds.",
-}
-
-_EVERY = (408, 413, 500)
-"""What any route can answer: the body middleware's refusals, and an unexpected error."""
-
-
-def _responses(
-    *codes: int, why: dict[int, str] | None = None, ok: dict[int, str] | None = None
-) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=``: every error code a route can return, with the error model."""
-    out: dict[int | str, dict[str, Any]] = {
-        code: {"description": text} for code, text in (ok or {}).items()
-    }
-    for code in sorted({*codes, *_EVERY}):
-        out[code] = {"model": ErrorOut, "description": (why or {}).get(code, _WHY[code])}
-    if 503 in codes and 503 not in (why or {}):  # a full disk: retry the same request
-        out[503]["headers"] = {
-            "Retry-After": {
-                "description": "Seconds to wait before retrying.",
-                "schema": {"type": "integer"},
-            }
-        }
-    return out
-
-
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "The image's raw bytes as the body (PNG or JPEG; also "
-        + ", ".join(f for f in API_FORMATS if f not in ("PNG", "JPEG"))
-        + "), or a multipart upload with the file in the field `image`. At most "
-        "daemon.max_body_bytes bytes, daemon.max_image_pixels pixels and an aspect ratio of "
-        "daemon.max_image_aspect.",
-        "content": {
-            "image/png": _BINARY,
-            "image/jpeg": _BINARY,
-            "application/octet-stream": _BINARY,
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                }
-            },
-        },
-    }
-}
-
-
-def with_bearer(schema: dict[str, Any]) -> dict[str, Any]:
-    """Declare the bearer token as an HTTP bearer security scheme, required by every
-    operation outside ``PUBLIC`` (so that OpenAPI tools can send it). Changes ``schema``."""
-    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-    schemes[BEARER] = {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "The token in daemon.token_file (default: state_dir/api-token).",
-    }
-    for path, item in schema.get("paths", {}).items():
-        if path not in PUBLIC:
-            for method, op in item.items():
-                if method in _METHODS:
-                    op["security"] = [{BEARER: []}]
-    return schema
-
-
 def create_app(daemon: Daemon) -> FastAPI:
     app = FastAPI(
         title="eraserd",
@@ -306,40 +133,40 @@ def create_app(daemon: Daemon) -> FastAPI:
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token:
-                return _error(
+                return error_response(
                     401, "missing bearer token (Authorization: Bearer <token>)", headers=close
                 )
             if not hmac.compare_digest(token.strip().encode(), daemon.token.encode()):
-                return _error(401, "invalid bearer token", headers=close)
+                return error_response(401, "invalid bearer token", headers=close)
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _error(400, "malformed JSON body")
+            return error_response(400, "malformed JSON body")
         first = errors[0] if errors else {}
         where = (
             ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
             or "body"
         )
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        return _error(422, f"{where}: {message}")
+        return error_response(422, f"{where}: {message}")
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        return _error(exc.status_code, str(exc.detail))
+    async def httperror_response(request: Request, exc: HTTPException):
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(OSError)
     @app.exception_handler(sqlite3.OperationalError)
-    async def storage_error(request: Request, exc: Exception):
+    async def storageerror_response(request: Request, exc: Exception):
         if not disk_full(exc):
             raise exc
         log.warning(
             "request refused: the disk is full",
             extra={"fields": {"path": request.url.path, "error": type(exc).__name__}},
         )
-        return _error(
+        return error_response(
             503,
             f"the disk is full: nothing was stored; retry the same request in {RETRY_AFTER_S} s",
             headers={"Retry-After": str(RETRY_AFTER_S)},
@@ -347,9 +174,9 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        return _error(500, "internal error (logged by the daemon)")
+        return error_response(500, "internal error (logged by the daemon)")
 
-    @app.get("/healthz", responses=_responses())
+    @app.get("/healthz", responses=responses())
     def healthz() -> dict:
         return {"ok": True, "version": daemon.predictor.version}
 
@@ -365,7 +192,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.post(
         "/v1/deletions",
         status_code=202,
-        responses=_responses(
+        responses=responses(
             400,
             401,
             409,
@@ -389,16 +216,16 @@ def create_app(daemon: Daemon) -> FastAPI:
                 body.sample_ids, body.subject_ids, body.idempotency_key, deadline
             )
         except UnknownIdError as exc:
-            return _error(422, str(exc), unknown=exc.unknown)
+            return error_response(422, str(exc), unknown=exc.unknown)
         except IdempotencyConflict as exc:
-            return _error(409, str(exc))
+            return error_response(409, str(exc))
         except ValueError as exc:
-            return _error(422, str(exc))
+            return error_response(422, str(exc))
         return JSONResponse(out, status_code=202 if created else 200)
 
     @app.get(
         "/v1/deletions",
-        responses=_responses(
+        responses=responses(
             401,
             422,
             ok={200: "`requests` (newest first) and `next_cursor` (null on the last page)."},
@@ -432,7 +259,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         try:
             after = None if cursor is None else decode_cursor(cursor)
         except ValueError as exc:
-            return _error(422, f"cursor: {exc}")
+            return error_response(422, f"cursor: {exc}")
         page = daemon.requests(None if state is None else state.value, limit, after)
         return {
             "requests": [r.to_dict() for r in page.requests],
@@ -441,19 +268,19 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.get(
         "/v1/deletions/{request_id}",
-        responses=_responses(401, 404, 422, why={422: "A request id over 200 characters."}),
+        responses=responses(401, 404, 422, why={422: "A request id over 200 characters."}),
     )
     def get_request(request_id: Annotated[str, PathParam(max_length=200)]):
         """The request; while it is pending, also its ``plan``: the clusters it will retrain
         and the expected cost, in the current version (see the README)."""
         out = daemon.request(request_id)
         if out is None:
-            return _error(404, f"no deletion request {request_id!r}")
+            return error_response(404, f"no deletion request {request_id!r}")
         return out
 
     @app.get(
         "/v1/deletions/{request_id}/certificate",
-        responses=_responses(
+        responses=responses(
             401,
             404,
             422,
@@ -469,21 +296,21 @@ def create_app(daemon: Daemon) -> FastAPI:
         if entry is None:
             req = daemon.request(request_id)
             if req is None:
-                return _error(404, f"no deletion request {request_id!r}")
-            return _error(404, f"request {request_id!r} is {req['state']}: no certificate")
+                return error_response(404, f"no deletion request {request_id!r}")
+            return error_response(404, f"request {request_id!r} is {req['state']}: no certificate")
         return entry
 
-    @app.get("/v1/status", responses=_responses(401))
+    @app.get("/v1/status", responses=responses(401))
     def status() -> dict:
         return daemon.status()
 
-    @app.post("/v1/flush", status_code=202, responses=_responses(401))
+    @app.post("/v1/flush", status_code=202, responses=responses(401))
     def flush() -> dict:
         return daemon.flush()
 
     @app.post(
         "/v1/predict",
-        responses=_responses(
+        responses=responses(
             400,
             401,
             413,
@@ -510,12 +337,14 @@ def create_app(daemon: Daemon) -> FastAPI:
             form = await request.form()
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
-                return _error(422, "multipart upload needs a file field named 'image'")
+                return error_response(422, "multipart upload needs a file field named 'image'")
             data = await upload.read()
         else:
             data = await request.body()
         if not data:
-            return _error(422, "empty upload: send image bytes or a multipart 'image' field")
+            return error_response(
+                422, "empty upload: send image bytes or a multipart 'image' field"
+            )
 
         def checked_predict() -> dict:
             check_image_limits(data, limits.max_image_pixels, limits.max_image_aspect)
@@ -527,10 +356,12 @@ def create_app(daemon: Daemon) -> FastAPI:
             key = f"daemon.max_image_{exc.limit}"
             value = getattr(limits, f"max_image_{exc.limit}")
             shown = f"{value:g}" if isinstance(value, float) else str(value)
-            return _error(413, f"{exc} (limit: {key} = {shown})", limit=key)
+            return error_response(413, f"{exc} (limit: {key} = {shown})", limit=key)
         except ImageDecodeError as exc:
-            return _error(415, f"not a readable image ({exc})")
+            return error_response(415, f"not a readable image ({exc})")
         except ClustersUnavailable as exc:
-            return _error(503, f"{exc}: a deletion missed its deadline; retry once it is done")
+            return error_response(
+                503, f"{exc}: a deletion missed its deadline; retry once it is done"
+            )
 
     return app

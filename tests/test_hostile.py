@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 from daemon_util import DaemonProc, built_state, ctl, prebuilt_config
 
-from eraserd.api import disk_full
 from eraserd.config import config_from_dict
 from eraserd.data.images import ImageDecodeError, ImageTooLarge, canonical_view
 from eraserd.errors import ConfigError, EraserdError
+from eraserd.httpguard import disk_full
 from eraserd.idfile import read_ids
 
 BODY_TIMEOUT = 2.0
