@@ -1,13 +1,18 @@
-"""Click pieces shared by ``eraserd`` and ``eraserctl``."""
+"""Click pieces shared by ``eraserd``'s commands (``cli.py``, ``cli_planning.py``) and, for
+``Group``, by ``eraserctl``."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
-from .errors import ERROR, error_json
+from . import progress
+from .config import load_config
+from .errors import ERROR, EraserdError, RegistryError, error_json
 
 
 class Group(click.Group):
@@ -33,3 +38,55 @@ class Group(click.Group):
             click.echo(json.dumps({"error": "aborted", "type": "Abort", "exit_code": ERROR}))
             sys.exit(ERROR)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def emit(as_json: bool, payload, text: str) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=True) if as_json else text)
+
+
+def command(fn):
+    """Shared options and error handling for every subcommand."""
+
+    @click.option(
+        "--config",
+        "-c",
+        "config_path",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="YAML config file.",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @functools.wraps(fn)
+    def wrapper(config_path: Path, as_json: bool, **kwargs):
+        progress.set_enabled(not as_json)
+        try:
+            cfg = load_config(config_path)
+            return fn(cfg, as_json, **kwargs)
+        except EraserdError as exc:
+            if as_json:
+                click.echo(json.dumps(error_json(exc)))
+            else:
+                click.echo(f"eraserd: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def raise_error(message: str) -> None:
+    raise EraserdError(message)
+
+
+def require_model(cfg) -> None:
+    """Commands that read a model fail before they create anything in a new ``state_dir``."""
+    from .registry import Registry
+
+    if Registry(cfg.state_dir).current() is None:
+        raise RegistryError(f"no model yet in {cfg.state_dir}: run `eraserd build` first")
+
+
+def eraser_for(cfg, need_model: bool = True):
+    from .eraser import Eraser
+
+    if need_model:
+        require_model(cfg)
+    return Eraser(cfg)
