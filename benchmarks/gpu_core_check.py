@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from eraserd import checks
 from eraserd.config import config_from_dict
 from eraserd.eraser import Eraser
 
@@ -63,7 +64,7 @@ def main() -> None:
                 "version": res.version,
             }
             t = time.perf_counter()
-            v = er.verify()
+            v = checks.verify(er)
             report["verify_s"] = round(time.perf_counter() - t, 2)
             report["verify_identical"] = v["identical"]
             report["verify_problems"] = v["problems"]

@@ -5,29 +5,23 @@ The CLI (and later the daemon) makes one call here per command.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .audit import AUDIT_FILE, AuditLog, check_chain
 from .clustering import (
     Partition,
     Routing,
     merge_heights,
     routing_points,
 )
-from .compare import compare_manifests, differences
 from .config import Config
 from .cost import DEFAULT_EVALUATIONS, Replay, Rule, carried
 from .data.sources import open_source
 from .data.store import SampleRow, Store
-from .errors import ConfigError, DataError, RegistryError
+from .errors import DataError, RegistryError
 from .executor import Executor, create_executor
 from .ids import unit_interval
 from .manifest import Manifest
@@ -323,96 +317,6 @@ class Eraser:
             self.store.purge(dropped)
         self.registry.collect(manifest)
         return len(dropped)
-
-    # ---- audit ----------------------------------------------------------------------------
-
-    def audit_verify(self) -> dict:
-        """Check the deletion certificates: the audit log's hash chain; that each certified
-        version is the current one or was superseded; and that no certified sample or
-        subject is live anywhere (store rows, objects, cached features, the current
-        version's member lists) while each has its tombstone."""
-        audit = AuditLog(self.cfg.state_dir / AUDIT_FILE)
-        lines = audit.lines()
-        problems = check_chain(lines)
-        current = self.registry.load()
-        pointer = self.registry.current()
-        assert pointer is not None  # load() read CURRENT, which is replaced, never removed
-        samples: dict[str, str] = {}
-        subjects: dict[str, str] = {}
-        for e in audit.entries():
-            c = e.get("certificate") or {}
-            where = f"entry seq {e.get('seq')} (request {c.get('request')})"
-            version = c.get("version")
-            if not isinstance(version, int) or version > current.version:
-                problems.append(
-                    f"{where}: certifies version {version}, but the current version is "
-                    f"{current.version}"
-                )
-            elif version == current.version and c.get("manifest") != pointer[1]:
-                problems.append(f"{where}: version {version} is not the manifest CURRENT names")
-            samples.update((d, where) for d in c.get("samples") or [])
-            subjects.update((d, where) for d in c.get("subjects") or [])
-        tombs = self.store.tombstones()
-        for kind, named in (("sample", samples), ("subject", subjects)):
-            for digest, where in sorted(named.items(), key=lambda kv: kv[1]):
-                if (kind, digest) not in tombs:
-                    problems.append(f"{where}: a certified {kind} has no tombstone")
-        rows = self.store.rows()
-        live = {r.key for r in rows}
-        for r in rows:
-            certified_by = samples.get(self.store.tombstone("sample", r.sample_id)) or (
-                r.subject_id is not None
-                and subjects.get(self.store.tombstone("subject", r.subject_id))
-            )
-            if certified_by:
-                problems.append(f"{certified_by}: a certified sample is still in the store")
-        for key, members in self.member_keys(current).items():
-            stray = members - live
-            if stray:
-                problems.append(
-                    f"cluster {key}: {len(stray)} member(s) of the current version are "
-                    "not live samples"
-                )
-        stray_features = self.store.feature_keys() - live
-        if stray_features:
-            problems.append(f"{len(stray_features)} cached feature(s) of samples no longer live")
-        stray_objects = {
-            p.name for p in self.store.objects.iterdir() if not p.name.startswith(".")
-        } - live
-        if stray_objects:
-            problems.append(f"{len(stray_objects)} object file(s) of samples no longer live")
-        return {
-            "ok": not problems,
-            "entries": len(lines),
-            "certified_samples": len(samples),
-            "certified_subjects": len(subjects),
-            "version": current.version,
-            "problems": problems,
-        }
-
-    # ---- verify ---------------------------------------------------------------------------
-
-    def verify(self) -> dict:
-        """Rebuild from scratch on the live data in a private temp dir and compare."""
-        current = self.registry.load()
-        self.check_blobs(current)
-        if not (self.cfg.runtime.deterministic and current.deterministic):
-            raise ConfigError(
-                "runtime.deterministic: verify compares bit for bit, which needs a model trained "
-                "and rebuilt in deterministic mode; packed mode (deterministic: false) matches a "
-                "rebuild only up to float rounding"
-            )
-        tmp = Path(tempfile.mkdtemp(prefix=".verify-", dir=self.cfg.state_dir))
-        try:
-            shutil.copy2(self.cfg.state_dir / "secret", tmp / "secret")
-            self.store.copy_live_to(tmp)
-            fresh_cfg = dataclasses.replace(self.cfg, state_dir=tmp)
-            with Eraser(fresh_cfg, backbone=self.backbone, executor=self.executor) as fresh:
-                rebuilt = fresh.build()
-                details = differences(current, rebuilt, self.registry, fresh.registry)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return compare_manifests(current, rebuilt, details)
 
     def check_blobs(self, manifest: Manifest) -> None:
         for digest in sorted(manifest.blobs()):

@@ -8,6 +8,7 @@ import pytest
 from conftest import forget_crashing_before_purge
 from model_views import model_view
 
+from eraserd import checks
 from eraserd.cost import Replay, Rule
 from eraserd.eraser import Eraser
 from eraserd.model.features import ensure_features
@@ -49,7 +50,7 @@ def test_forget_equals_fresh_build(make_config, digits_data, tmp_path, lite0_32,
         result = er.forget(sample_ids=sorted(gone))
         assert result.reclustered
         after = model_view(er)
-        report = er.verify()
+        report = checks.verify(er)
     assert report["identical"], report
 
     write_manifest_without(digits_data / "manifest.csv", tmp_path / "rest.csv", gone)
@@ -102,7 +103,7 @@ def test_forget_non_sample_points_retrains_only_affected(make_config, lite0_32):
                 assert {
                     f: er.registry.get_blob(getattr(c, f)) for f in ("prompt", "head", "members")
                 } == blob_bytes[c.key]
-        assert er.verify()["identical"]
+        assert checks.verify(er)["identical"]
 
 
 @pytest.mark.slow
@@ -112,7 +113,7 @@ def test_verify_detects_a_model_that_is_not_a_fresh_build(make_config, lite0_32)
         er.build()
     changed = make_config("d", training={"epochs": 3})
     with Eraser(changed, backbone=lite0_32) as er:
-        report = er.verify()
+        report = checks.verify(er)
     assert not report["identical"]
     assert report["problems"] == ["train_fingerprint differs"]
     for key, verdict in report["clusters"].items():  # each differing tensor is named
@@ -135,7 +136,7 @@ def test_forget_retried_after_a_crash_before_purge(make_config, lite0_32):
         result = er.forget(sample_ids=[victim])
         assert result.affected == [] and result.retrained == []
         assert victim not in {r.sample_id for r in er.store.rows()}
-        report = er.verify()
+        report = checks.verify(er)
         assert report["identical"], report
 
 
@@ -202,4 +203,4 @@ def test_bounded_clusters_forget_what_the_cost_model_says(make_config, lite0_32)
         sizes = after.sizes
         assert (sum(sizes[k] for k in result.retrained), len(result.retrained)) == predicted
         assert after.cost["train"] == len(train) - 1
-        assert er.verify()["identical"]
+        assert checks.verify(er)["identical"]

@@ -153,7 +153,8 @@ def test_builds_through_packs_equal_one_cluster_jobs_and_verify_needs_determinis
 ):
     """End to end through the builder and executor: 4 clusters in one pack give the same
     registry blobs as one job per cluster; a packed-mode model cannot be verified bitwise."""
-    from eraserd.eraser import Eraser
+    from eraserd import checks
+from eraserd.eraser import Eraser
     from eraserd.errors import ConfigError
 
     views = []
@@ -173,4 +174,4 @@ def test_builds_through_packs_equal_one_cluster_jobs_and_verify_needs_determinis
         er.build()
         assert sorted(registry_view(er)) == sorted(views[0])  # the same clusters
         with pytest.raises(ConfigError, match="deterministic"):
-            er.verify()
+            checks.verify(er)
