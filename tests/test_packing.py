@@ -154,7 +154,7 @@ def test_builds_through_packs_equal_one_cluster_jobs_and_verify_needs_determinis
     """End to end through the builder and executor: 4 clusters in one pack give the same
     registry blobs as one job per cluster; a packed-mode model cannot be verified bitwise."""
     from eraserd import checks
-from eraserd.eraser import Eraser
+    from eraserd.eraser import Eraser
     from eraserd.errors import ConfigError
 
     views = []
