@@ -35,6 +35,11 @@ def long_data() -> ClusterData:
     return data(16 * LONG_BATCHES, 9)
 
 
+def slow_data() -> ClusterData:
+    """Ten times the long job: well past the timeout scenario's 1 s on any CPU."""
+    return data(160 * LONG_BATCHES, 8)
+
+
 def empty_data() -> ClusterData:
     return ClusterData(
         torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), 1
@@ -143,7 +148,7 @@ def _timeout(ex) -> dict:
     saved, ex.job_timeout_s = ex.job_timeout_s, 1.0
     error = None
     try:
-        ex.run([long_job("cslow")])
+        ex.run([RetuneJob("cslow", 1e4, 10, slow_data)])
     except ExecutorError as exc:
         error = str(exc)
     finally:

@@ -9,6 +9,7 @@ fresh worker, up to ``max_retries`` times.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue as queue_mod
 import signal
@@ -23,6 +24,8 @@ from .dispatch import Event, Failed, Finished, dispatch
 from .inline import run_pack
 from .interfaces import ExecutorError, JobResult, OnDone, RetuneJob
 from .packing import Pack, pack_limit, plan_packs
+
+log = logging.getLogger("eraserd.executor")
 
 
 def resolve_devices(spec: str | tuple[str, ...]) -> list[str]:
@@ -72,7 +75,11 @@ def _worker_main(cfg_plain: dict, device: str, parent: int, inbox, outbox) -> No
         job_id, num_classes, parts = msg
         try:
             datas = [ClusterData(images, labels, seed) for images, labels, seed in parts]
-            outbox.put(("done", device, job_id, run_pack(backbone, cfg, num_classes, datas)))
+            outputs = run_pack(backbone, cfg, num_classes, datas)
+            # By value (numpy), not as torch's shared-memory handles: those can be opened only
+            # while this process lives, and a worker replaced right after it answered is gone.
+            plain = [(p.numpy(), w.numpy(), b.numpy(), sec) for p, w, b, sec in outputs]
+            outbox.put(("done", device, job_id, plain))
         except Exception as exc:  # CUDA errors and out-of-memory included: the parent retries
             outbox.put(("error", device, job_id, f"{type(exc).__name__}: {exc}"))
             if isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA" in str(exc):
@@ -207,6 +214,9 @@ class LocalPool:
             kind, device, ident, payload = self._outbox.get(timeout=timeout)
         except queue_mod.Empty:
             kind = None
+        except (OSError, EOFError) as exc:  # a message its dead sender can no longer complete
+            log.warning("unreadable worker message dropped", extra={"fields": {"why": str(exc)}})
+            kind = None
         if kind == "ready":
             for w in self.workers:
                 if w.proc.pid == ident:
@@ -222,7 +232,11 @@ class LocalPool:
                 self.workers[slot].job = None
                 if kind == "done":
                     self._measure(device, pack.cost, sum(out[3] for out in payload))
-                    events.append(Finished(slot, payload, device))
+                    outputs = [
+                        (torch.from_numpy(p), torch.from_numpy(w), torch.from_numpy(b), sec)
+                        for p, w, b, sec in payload
+                    ]
+                    events.append(Finished(slot, outputs, device))
                 else:  # a worker that gave up its CUDA context exits; the check below respawns
                     events.append(Failed(slot, payload, replace=False))
         now = time.monotonic()
