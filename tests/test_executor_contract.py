@@ -19,7 +19,8 @@ from patience import run_patiently
 TESTS = Path(__file__).resolve().parent
 BACKENDS = ["inline", "local", pytest.param("ray", marks=pytest.mark.ray)]
 EXECUTOR = {"max_retries": 1, "devices": ["cpu"]}
-RAY = {"num_gpus_per_job": 0, "num_cpus_per_job": 1, "device": "cpu"}
+RAY = {"local_num_gpus": 2, "num_gpus_per_job": 1, "device": "cpu"}
+"""Two fake GPUs, one per job, trained on the CPU: Ray schedules by GPU, as in production."""
 
 pytestmark = pytest.mark.slow
 
