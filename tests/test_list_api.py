@@ -40,8 +40,10 @@ def test_a_cursor_round_trips_and_anything_else_is_refused():
 
 
 def _submit(q: Queue, sample: str, now: float) -> str:
-    req, _ = q.submit([sample], [], 1, now + 100, now, q.fingerprint([sample], []))
-    return req.id
+    adm = q.admit(
+        [sample], [], matched=1, forgotten=[], deadline=now + 100, default_deadline_s=0, now=now
+    )
+    return adm.request.id
 
 
 def _pages(q: Queue, state: str | None, limit: int, between=None) -> list[list[str]]:

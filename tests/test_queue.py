@@ -45,19 +45,19 @@ def submit(
     deadline: float = 1000.0,
     expanded: int | None = None,
     key: str | None = None,
-    **extra,
+    forgotten: list[str] | None = None,
 ) -> tuple[DeletionRequest, bool]:
-    subjects = subjects or []
-    return q.submit(
+    adm = q.admit(
         samples,
-        subjects,
-        len(samples) if expanded is None else expanded,
-        deadline,
-        now,
-        q.fingerprint(samples, subjects),
-        key,
-        **extra,
+        subjects or [],
+        matched=len(samples) if expanded is None else expanded,
+        forgotten=forgotten or [],
+        deadline=deadline,
+        default_deadline_s=3600.0,
+        now=now,
+        idempotency_key=key,
     )
+    return adm.request, adm.created
 
 
 def db_bytes(tmp_path: Path) -> bytes:
@@ -83,8 +83,15 @@ def test_pragmas_wal_full_sync_secure_delete(q, tmp_path):
 
 
 def test_submit_queues_and_counts(q):
+    submit(q, ["s0"], now=90.0)  # s0 is pending when the request below names it again
     req, created = submit(
-        q, ["s1", "s2"], ["u1"], now=100.0, deadline=500.0, already_forgotten=2, already_pending=1
+        q,
+        ["s0", "s1", "s8", "s9"],
+        ["u1"],
+        now=100.0,
+        deadline=500.0,
+        expanded=2,
+        forgotten=["sample s8", "sample s9"],
     )
     assert created is True
     assert req.id.startswith("del_") and len(req.id) == 4 + 20
@@ -101,9 +108,10 @@ def test_submit_queues_and_counts(q):
     )
     assert q.get(req.id) == req
     assert q.get("del_missing") is None
+    assert q.items(req.id) == (["s0", "s1"], ["u1"])  # forgotten ids are not queued
     assert q.counts() == {
         "received": 0,
-        "queued": 1,
+        "queued": 2,
         "batched": 0,
         "retuning": 0,
         "published": 0,
@@ -189,7 +197,10 @@ def test_idempotency_key_not_stored_in_clear(q, tmp_path):
 
 
 def test_nothing_left_to_forget_is_published_at_once(q):
-    req, created = submit(q, [], [], now=123.0, expanded=0, already_forgotten=3)
+    gone = ["f1", "f2", "f3"]
+    req, created = submit(
+        q, gone, [], now=123.0, expanded=0, forgotten=[f"sample {i}" for i in gone]
+    )
     assert created is True
     assert req.state == PUBLISHED
     assert req.published_at == 123.0
@@ -489,6 +500,7 @@ def test_admit_queues_in_one_step_and_reports_what_was_already_pending(q):
     assert second.created and second.already_pending == ("sample b", "subject u")
     assert q.items(second.request.id) == (["b", "c"], ["u"])  # a forgotten id is not queued
     assert second.request.to_dict()["already_forgotten"] == 1
+    assert second.request.already_pending == 2
     assert second.pending == Pending(2, 5, 100.0, 500.0)
 
 

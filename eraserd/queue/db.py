@@ -122,36 +122,6 @@ class Queue:
             )
             return Admission(req, True, already, self.pending())
 
-    def submit(
-        self,
-        samples: list[str],
-        subjects: list[str],
-        expanded: int,
-        deadline: float,
-        now: float,
-        payload: str,
-        idempotency_key: str | None = None,
-        already_forgotten: int = 0,
-        already_pending: int = 0,
-    ) -> tuple[DeletionRequest, bool]:
-        """Durably queue a request as given; returns (request, created). Same key: same
-        request. The daemon uses ``admit``, which also classifies and checks."""
-        with self._tx():
-            existing = self.lookup(idempotency_key, payload)
-            if existing is not None:
-                return existing, False
-            return self._insert(
-                samples,
-                subjects,
-                expanded,
-                deadline,
-                now,
-                payload,
-                idempotency_key,
-                already_forgotten,
-                already_pending,
-            ), True
-
     def _insert(
         self,
         samples: list[str],
