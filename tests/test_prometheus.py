@@ -61,8 +61,17 @@ class PrometheusProc:
         try:
             with urllib.request.urlopen(url, timeout=10) as r:
                 return json.loads(r.read())
-        except urllib.error.HTTPError as exc:  # 400/422 carry the PromQL error as JSON
-            return json.loads(exc.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 503:  # starting up (e.g. replaying its WAL): not ready, not an answer
+                raise ConnectionError(f"prometheus is not ready: {path}") from exc
+            return json.loads(exc.read())  # 400/422 carry the PromQL error as JSON
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=10) as r:
+                return r.status == 200
+        except urllib.error.HTTPError:  # 503 until the TSDB is open
+            return False
 
     def query(self, expr: str) -> dict:
         return self.get("/api/v1/query", query=expr)
@@ -103,6 +112,7 @@ def prom(tmp_path_factory, digits_data, lite0_32):
     )
     p = PrometheusProc(root, daemon.url.removeprefix("http://"))
     try:
+        p.wait_for(p.ready, "prometheus to be ready")
         p.wait_for(
             lambda: any(
                 t["health"] == "up" for t in p.get("/api/v1/targets")["data"]["activeTargets"]
