@@ -78,6 +78,11 @@ def test_example_config_loads_and_resolves_state_dir():
         ({"executor": {"pack_clusters": 0}}, "executor.pack_clusters: must be null or at least"),
         ({"executor": {"pack_images": "x"}}, "executor.pack_images: expected an integer"),
         ({"daemon": {"rate_horizon_s": 0}}, "daemon.rate_horizon_s: must be positive"),
+        (
+            {"daemon": {"rate_horizon_s": 7200, "request_retention_s": 3600}},
+            "daemon.request_retention_s: must be at least rate_horizon_s",
+        ),
+        ({"runtime": {"feature_batch": 0}}, "runtime.feature_batch: must be between 1 and"),
         ({"daemon": {"max_attempts": 3}}, "daemon.max_attempts: removed; a failed batch is"),
         ({"daemon": {"withdraw_after_attempts": 0}}, "daemon.withdraw_after_attempts: must be"),
         (

@@ -93,11 +93,6 @@ def test_bad_checkpoints_are_refused(tmp_path):
         )
 
 
-def test_canonical_feature_is_batch_one_and_repeatable(lite0_32):
-    img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    assert (lite0_32.feature(img) == lite0_32.feature(img)).all()
-
-
 def test_lr_schedule_warms_up_then_decays():
     vals = [lr_factor(s, 10, 2) for s in range(10)]
     assert vals[:2] == [0.5, 1.0]

@@ -183,12 +183,18 @@ class RuntimeConfig:
     """Backbone passes of the retune engine; ``auto``: bf16 on CUDA when not deterministic."""
     compile: bool = False
     """``torch.compile`` the backbone once per worker (pays off on GPUs for long batches)."""
+    feature_batch: int = 16
+    """Images per backbone pass when computing routing features. Every pass has exactly this
+    shape (a short batch is padded), so a feature never depends on which images share its
+    pass. Larger builds faster and makes one prediction slower; changing it recomputes the
+    cached features."""
 
     def __post_init__(self) -> None:
         _check(
             self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu or cuda[:N]"
         )
         _check(self.num_threads >= 1, "num_threads must be at least 1")
+        _check(1 <= self.feature_batch <= 4096, "feature_batch must be between 1 and 4096")
         _check(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
 
     @property
@@ -295,6 +301,9 @@ class DaemonConfig:
     overrides it."""
     rate_horizon_s: float = 3600.0
     """Look-back of the deletion-rate estimate (the Poisson model's rate) in ``/metrics``."""
+    request_retention_s: float = 30 * 86400.0
+    """Published and failed requests are deleted from the queue this long after their last
+    change (their raw ids went at publication; certificates stay in the audit log)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "host must not be empty")
@@ -333,6 +342,11 @@ class DaemonConfig:
             "max_image_aspect must be a finite number of at least 1",
         )
         _check(self.rate_horizon_s > 0, "rate_horizon_s must be positive")
+        _check(
+            self.request_retention_s >= self.rate_horizon_s,
+            "request_retention_s must be at least rate_horizon_s (the rate estimate reads "
+            "that much history)",
+        )
 
     MAX_IMAGE_PIXELS_CAP: typing.ClassVar[int] = 64 * 1024 * 1024
     """The largest ``max_image_pixels``: below Pillow's decompression-bomb threshold."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import BUILTIN_LITE0, BackboneConfig, RuntimeConfig
 from ..errors import ConfigError
-from .fastpath import is_convnet, prepare_train_model
+from .fastpath import FASTPATH_VERSION, is_convnet, prepare_train_model
 
 
 @dataclass
@@ -38,6 +38,8 @@ class Backbone:
     deterministic: bool = True
     precision: str = "fp32"
     """``fp32`` or ``bf16`` (autocast) for the retune engine's backbone passes."""
+    feature_batch: int = 1
+    """The one batch shape every feature pass has (``runtime.feature_batch``)."""
 
     @property
     def trainer(self) -> nn.Module:
@@ -82,16 +84,34 @@ class Backbone:
         x = images_u8.to(self.device, torch.float32) / 255.0
         return (x - self.mean) / self.std
 
-    @torch.no_grad()
     def feature(self, image_u8: torch.Tensor) -> np.ndarray:
-        """Feature of one canonical view, computed alone.
+        """Feature of one canonical view: the same bits as in any batch (``features``)."""
+        return self.features(image_u8.unsqueeze(0))[0]
 
-        Batched CPU kernels are not batch-invariant bit for bit, so a feature computed with
-        other samples in the batch could differ in its last bits from a fresh build's. One
-        sample per forward makes each feature a pure function of that sample.
+    @torch.inference_mode()
+    def features(self, images_u8: torch.Tensor) -> np.ndarray:
+        """Features of canonical views ``[N, 3, S, S]`` (uint8), as float32 ``[N, F]``.
+
+        CPU kernels pick their algorithm by the input's shape, so a sample's feature computed
+        in a batch of 1 and in a batch of 32 differ in the last bits. Every pass here has the
+        one shape ``[feature_batch, 3, S, S]``: a short batch is padded with zeros. Within a
+        fixed shape each sample's output is computed on its own, so a feature depends on its
+        image only, not on which images share its pass or where it sits in it
+        (``tests/test_features.py`` checks this bit for bit).
         """
-        out = self.model(self.normalize(image_u8.unsqueeze(0)))
-        return out[0].float().cpu().numpy().astype(np.float32)
+        n, b = int(images_u8.shape[0]), self.feature_batch
+        out = np.empty((n, self.num_features), dtype=np.float32)
+        for start in range(0, n, b):
+            chunk = images_u8[start : start + b]
+            if len(chunk) < b:
+                padded = chunk.new_zeros((b, *chunk.shape[1:]))
+                padded[: len(chunk)] = chunk
+                chunk_in = padded
+            else:
+                chunk_in = chunk
+            y = self.trainer(self.prepare_input(self.normalize(chunk_in)))
+            out[start : start + len(chunk)] = y[: len(chunk)].float().cpu().numpy()
+        return out
 
 
 def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -189,7 +209,10 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
     model.to(device)
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    numerics = f"{runtime.device}|threads={runtime.num_threads}|det={runtime.deterministic}"
+    numerics = (
+        f"{runtime.device}|threads={runtime.num_threads}|det={runtime.deterministic}"
+        f"|{FASTPATH_VERSION}|feature_batch={runtime.feature_batch}"
+    )
     train_model = prepare_train_model(model, cfg.image_size, device)
     # Compiled lazily on first use, so once per persistent worker process.
     # torch.compile of a Module returns a Module (OptimizedModule); torch types it a callable.
@@ -209,4 +232,5 @@ def load_backbone(cfg: BackboneConfig, runtime: RuntimeConfig) -> Backbone:
         channels_last=is_convnet(model),
         deterministic=runtime.deterministic,
         precision=runtime.resolved_precision,
+        feature_batch=runtime.feature_batch,
     )
