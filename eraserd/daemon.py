@@ -209,6 +209,13 @@ class Daemon:
         opened = self.queue.open_batch(reason, self.clock())
         if opened is not None:
             self._attempt(opened)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Delete finished requests past their retention (``Queue.compact``)."""
+        gone = self.queue.compact(self.clock() - self.cfg.daemon.request_retention_s)
+        if gone:
+            log.info("finished requests compacted", extra={"fields": {"requests": gone}})
 
     def _attempt(self, bid: int) -> bool:
         """One attempt at a batch. True when it is done (published, or its requests failed
@@ -443,7 +450,7 @@ class Daemon:
         adm = self.queue.admit(
             sample_ids,
             subject_ids,
-            matched=len(rows),
+            matched=[r.sample_id for r in rows],
             forgotten=forgotten,
             deadline=deadline,
             default_deadline_s=self.cfg.daemon.default_deadline_s,

@@ -402,6 +402,23 @@ def test_the_daemon_flushes_for_a_deadline_on_an_injected_clock(virtual_daemon):
     assert v.flushed() == "deadline"
 
 
+def test_duplicate_ids_count_once_in_queued_samples_flush_size_and_rate(virtual_daemon):
+    v = virtual_daemon(3_000_000.0, window=3600.0, max_batch_samples=4)
+    d = v.daemon
+    for _ in range(20):
+        d.submit(["s0004"], [], None, None)
+    # subj001 is s0003, s0004 and s0005: it adds two samples, s0005 named again adds none.
+    d.submit(["s0005"], ["subj001"], None, None)
+    assert d.status()["queue"]["requests"]["queued"] == 21
+    assert d.status()["queue"]["queued_samples"] == 3
+    d.tick()
+    assert v.flushed() is None  # 3 distinct samples, under the size of 4, though 23 named
+    facts = d.queue_view.facts(v.now, d.cfg.daemon.rate_horizon_s)
+    assert (facts.pending_samples, facts.recent_samples) == (3, 3)  # what λ̂ reads
+    d.submit(["s0006"], [], None, None)
+    assert v.flushed() == "size"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "data, ctype",

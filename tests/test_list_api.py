@@ -41,7 +41,13 @@ def test_a_cursor_round_trips_and_anything_else_is_refused():
 
 def _submit(q: Queue, sample: str, now: float) -> str:
     adm = q.admit(
-        [sample], [], matched=1, forgotten=[], deadline=now + 100, default_deadline_s=0, now=now
+        [sample],
+        [],
+        matched=[sample],
+        forgotten=[],
+        deadline=now + 100,
+        default_deadline_s=0,
+        now=now,
     )
     return adm.request.id
 

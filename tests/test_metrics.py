@@ -296,8 +296,8 @@ def test_queue_view_reads_counts_and_times_from_the_database(tmp_path):
     view = QueueView(tmp_path / "queue.db")
     try:
         args = {"forgotten": [], "default_deadline_s": 0.0}
-        q.admit(["a", "b"], [], matched=2, deadline=500.0, now=100.0, **args)
-        q.admit(["c"], [], matched=1, deadline=5000.0, now=4000.0, **args)
+        q.admit(["a", "b"], [], matched=["a", "b"], deadline=500.0, now=100.0, **args)
+        q.admit(["c"], [], matched=["c"], deadline=5000.0, now=4000.0, **args)
         f = view.facts(now=4100.0, horizon_s=3600.0)
         assert (f.pending_requests, f.pending_samples, f.oldest_pending) == (2, 3, 100.0)
         assert f.overdue == 1 and f.recent_samples == 1 and f.first_submitted == 100.0

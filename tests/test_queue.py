@@ -50,7 +50,8 @@ def submit(
     adm = q.admit(
         samples,
         subjects or [],
-        matched=len(samples) if expanded is None else expanded,
+        # ``expanded``: that many distinct samples, as if subjects named them.
+        matched=samples if expanded is None else [f"{samples}/{i}" for i in range(expanded)],
         forgotten=forgotten or [],
         deadline=deadline,
         default_deadline_s=3600.0,
@@ -481,7 +482,7 @@ def test_concurrent_submits_through_one_queue(q):
 
 def admit(q: Queue, samples, subjects=(), **kw):
     args = {
-        "matched": len(samples),
+        "matched": list(samples),
         "forgotten": [],
         "deadline": None,
         "default_deadline_s": 3600.0,
@@ -496,12 +497,20 @@ def test_admit_queues_in_one_step_and_reports_what_was_already_pending(q):
     assert first.created and first.request.state == QUEUED
     assert first.request.deadline == 100.0 + 3600.0  # the default deadline
     assert first.pending == Pending(1, 2, 100.0, 3700.0)
-    second = admit(q, ["b", "c", "d"], ["u"], forgotten=["sample d"], now=110.0, deadline=500.0)
+    second = admit(
+        q,
+        ["b", "c", "d"],
+        ["u"],
+        matched=["b", "c"],  # d is erased already: the store no longer has it
+        forgotten=["sample d"],
+        now=110.0,
+        deadline=500.0,
+    )
     assert second.created and second.already_pending == ("sample b", "subject u")
     assert q.items(second.request.id) == (["b", "c"], ["u"])  # a forgotten id is not queued
     assert second.request.to_dict()["already_forgotten"] == 1
     assert second.request.already_pending == 2
-    assert second.pending == Pending(2, 5, 100.0, 500.0)
+    assert second.pending == Pending(2, 3, 100.0, 500.0)  # b is pending already: counted once
 
 
 def test_admit_answers_a_retry_with_the_first_request_even_past_its_deadline(q):

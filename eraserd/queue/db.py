@@ -10,7 +10,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +18,8 @@ from ..dbutil import immediate
 from ..faults import crashpoint
 from .records import (
     _REQUEST_COLS,
+    COLUMNS,
+    DERIVED,
     PENDING,
     SCHEMA,
     Admission,
@@ -43,7 +45,46 @@ class Queue:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
+        self._upgrade()
         self.scrub()  # a crash may have left erased rows in the WAL
+
+    def _upgrade(self) -> None:
+        """Add what later releases keep beside the rows, filled from the rows, once."""
+        with self._tx() as db:
+            for table, cols in COLUMNS.items():
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                for name, (decl, fill) in cols.items():
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                        db.execute(f"UPDATE {table} SET {name} = {fill}")
+            fresh = not db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tallies'"
+            ).fetchone()
+            for stmt in _statements(DERIVED):
+                db.execute(stmt)
+            if not fresh:
+                return
+            db.executemany(
+                "INSERT INTO tallies VALUES (?, 0, 0)", [(st.value,) for st in RequestState]
+            )
+            db.execute(
+                "UPDATE tallies SET (requests, samples) = (SELECT COUNT(*), "
+                "COALESCE(SUM(new_samples), 0) FROM requests r WHERE r.state = tallies.state)"
+            )
+            db.execute(
+                "INSERT INTO arrivals SELECT CAST(created_at AS INTEGER), SUM(new_samples) "
+                "FROM requests GROUP BY CAST(created_at AS INTEGER)"
+            )
+            db.execute(
+                "INSERT INTO meta SELECT 'first_submitted', MIN(created_at) FROM requests "
+                "HAVING COUNT(*) > 0"
+            )
+            # Requests queued before: their named samples (subjects were not expanded then).
+            rows = db.execute("SELECT request_id, ident FROM items WHERE kind = 'sample'")
+            db.executemany(
+                "INSERT INTO members VALUES (?, ?, 0)",
+                [(self._member(ident), rid) for rid, ident in rows.fetchall()],
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -56,6 +97,9 @@ class Queue:
 
     def _hash(self, text: str) -> str:
         return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
+
+    def _member(self, sample_id: str) -> str:
+        return self._hash("member:" + sample_id)
 
     # ---- submissions ----------------------------------------------------------------------
 
@@ -83,7 +127,7 @@ class Queue:
         sample_ids: list[str],
         subject_ids: list[str],
         *,
-        matched: int,
+        matched: Sequence[str],
         forgotten: list[str],
         deadline: float | None,
         default_deadline_s: float,
@@ -92,8 +136,10 @@ class Queue:
     ) -> Admission:
         """Queue a submission, in one transaction: an idempotent retry gets the request its key
         made; else the deadline is checked, the ids already pending are noted, and the request
-        is committed (durable before this returns). ``matched`` (samples the ids name) and
-        ``forgotten`` (``sample X``/``subject Y`` already erased) come from the store."""
+        is committed (durable before this returns). ``matched`` (the live samples the ids
+        name, subjects expanded) and ``forgotten`` (``sample X``/``subject Y`` already
+        erased) come from the store. The request adds to the pending samples only those of
+        ``matched`` that no pending request names yet."""
         payload = self.fingerprint(sample_ids, subject_ids)
         gone = set(forgotten)
         samples = sorted({s for s in sample_ids if f"sample {s}" not in gone})
@@ -108,11 +154,16 @@ class Queue:
             already = tuple(f"sample {s}" for s in sorted(pend_s)) + tuple(
                 f"subject {s}" for s in sorted(pend_subj)
             )
+            members = sorted({self._member(s) for s in matched})
+            known = self._pending_members(members)
             crashpoint("submit")
             req = self._insert(
                 samples,
                 subjects,
-                matched,
+                len(set(matched)),
+                len(members) - len(known),
+                members,
+                known,
                 deadline if deadline is not None else now + default_deadline_s,
                 now,
                 payload,
@@ -127,6 +178,9 @@ class Queue:
         samples: list[str],
         subjects: list[str],
         expanded: int,
+        new_samples: int,
+        members: list[str],
+        held: set[str],
         deadline: float,
         now: float,
         payload: str,
@@ -141,8 +195,8 @@ class Queue:
         state = RequestState.QUEUED if samples or subjects else RequestState.PUBLISHED
         db.execute(
             "INSERT INTO requests (id, idem, payload, state, created_at, updated_at, "
-            "deadline, samples, subjects, already_forgotten, already_pending, published_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "deadline, samples, subjects, already_forgotten, already_pending, published_at, "
+            "new_samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rid,
                 idem,
@@ -156,12 +210,18 @@ class Queue:
                 already_forgotten,
                 already_pending,
                 now if state is RequestState.PUBLISHED else None,
+                new_samples if state is RequestState.QUEUED else 0,
             ),
         )
         db.executemany(
             "INSERT INTO items VALUES (?, ?, ?)",
             [(rid, "sample", s) for s in samples] + [(rid, "subject", s) for s in subjects],
         )
+        if state is RequestState.QUEUED:
+            db.executemany(
+                "INSERT INTO members VALUES (?, ?, ?)",
+                [(h, rid, int(h not in held)) for h in members],
+            )
         created = self._get(rid)
         assert created is not None
         return created
@@ -182,6 +242,15 @@ class Queue:
                     if hit:
                         found[kind].add(ident)
         return found["sample"], found["subject"]
+
+    def _pending_members(self, members: list[str]) -> set[str]:
+        """Which of these member hashes a pending request names (only pending requests
+        have members: publication and failure delete them)."""
+        return {
+            h
+            for h in members
+            if self._db.execute("SELECT 1 FROM members WHERE h = ? LIMIT 1", (h,)).fetchone()
+        }
 
     def _get(self, rid: str) -> DeletionRequest | None:
         row = self._db.execute(
@@ -225,20 +294,48 @@ class Queue:
         return Page(found, (found[-1].created_at, found[-1].id) if more else None)
 
     def pending(self) -> Pending:
+        """The queued requests' totals: kept tallies and two index lookups, no scan."""
+        queued = RequestState.QUEUED.value
         with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created_at), MIN(deadline) "
-                "FROM requests WHERE state = ?",
-                (RequestState.QUEUED.value,),
+            n, samples = self._db.execute(
+                "SELECT requests, samples FROM tallies WHERE state = ?", (queued,)
             ).fetchone()
-        return Pending(*row)
+            (oldest,) = self._db.execute(
+                "SELECT MIN(created_at) FROM requests WHERE state = ?", (queued,)
+            ).fetchone()
+            (earliest,) = self._db.execute(
+                "SELECT MIN(deadline) FROM requests WHERE state = ?", (queued,)
+            ).fetchone()
+        return Pending(n, samples, oldest, earliest)
 
     def counts(self) -> dict[str, int]:
+        """Requests held, by state (published and failed ones until ``compact``)."""
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state")
-            out = {s.value: 0 for s in RequestState}
-            out.update(dict(rows.fetchall()))
+            rows = self._db.execute("SELECT state, requests FROM tallies").fetchall()
+        out = {s.value: 0 for s in RequestState}
+        out.update(dict(rows))
         return out
+
+    def compact(self, before: float) -> int:
+        """Delete published and failed requests last changed before ``before``, batches
+        left without requests, and arrivals older than that. Their raw ids are gone already;
+        their certificates stay in the audit log. Returns how many requests were deleted."""
+        done = (RequestState.PUBLISHED.value, RequestState.FAILED.value)
+        with self._tx() as db:
+            deleted = 0
+            for state in done:  # one index range each: requests_state_updated
+                deleted += db.execute(
+                    "DELETE FROM requests WHERE state = ? AND updated_at < ?", (state, before)
+                ).rowcount
+            db.execute(
+                "DELETE FROM batches WHERE state IN (?, ?) AND updated_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM requests r WHERE r.batch_id = batches.id)",
+                (BatchState.PUBLISHED.value, BatchState.FAILED.value, before),
+            )
+            db.execute("DELETE FROM arrivals WHERE second < ?", (int(before),))
+        if deleted:
+            self.scrub()
+        return deleted
 
     # ---- batches --------------------------------------------------------------------------
 
@@ -246,7 +343,8 @@ class Queue:
         """Move every queued request into a new batch; None when nothing is queued."""
         with self._tx() as db:
             rows = db.execute(
-                "SELECT id, samples FROM requests WHERE state = ?", (RequestState.QUEUED.value,)
+                "SELECT id, new_samples FROM requests WHERE state = ?",
+                (RequestState.QUEUED.value,),
             ).fetchall()
             if not rows:
                 return None
@@ -361,12 +459,63 @@ class Queue:
                 "reason = NULL WHERE batch_id = ? AND state != ?",
                 (RequestState.PUBLISHED.value, version, now, now, bid, RequestState.FAILED.value),
             )
+            self._erase_members(db, bid)
             db.execute(
                 "DELETE FROM items WHERE request_id IN "
                 "(SELECT id FROM requests WHERE batch_id = ?)",
                 (bid,),
             )
         self.scrub()
+
+    def _erase_members(self, db: sqlite3.Connection, bid: int) -> None:
+        """A published batch erased its samples: no pending request names them any more,
+        so their rows go everywhere, and a request outside the batch that held the credit
+        for one gives it back. O(the batch's samples), each an index lookup."""
+        mine = {
+            r[0]
+            for r in db.execute("SELECT id FROM requests WHERE batch_id = ?", (bid,)).fetchall()
+        }
+        hashes = db.execute(
+            "SELECT DISTINCT m.h FROM members m JOIN requests r ON r.id = m.request_id "
+            "WHERE r.batch_id = ?",
+            (bid,),
+        ).fetchall()
+        debit: dict[str, int] = {}
+        for (h,) in hashes:
+            for rid, credited in db.execute(
+                "SELECT request_id, credited FROM members WHERE h = ?", (h,)
+            ).fetchall():
+                if credited and rid not in mine:
+                    debit[rid] = debit.get(rid, 0) + 1
+            db.execute("DELETE FROM members WHERE h = ?", (h,))
+        db.executemany(
+            "UPDATE requests SET new_samples = new_samples - ? WHERE id = ?",
+            [(n, rid) for rid, n in sorted(debit.items())],
+        )
+
+    def _release_members(self, db: sqlite3.Connection, bid: int) -> None:
+        """Failed requests of batch ``bid`` erased nothing: a sample they held the credit
+        for passes it to another pending request that names it (the first by rowid)."""
+        failed = (bid, RequestState.FAILED.value)
+        rows = db.execute(
+            "SELECT m.h FROM members m JOIN requests r ON r.id = m.request_id "
+            "WHERE r.batch_id = ? AND r.state = ? AND m.credited = 1",
+            failed,
+        ).fetchall()
+        db.execute(
+            "DELETE FROM members WHERE request_id IN "
+            "(SELECT id FROM requests WHERE batch_id = ? AND state = ?)",
+            failed,
+        )
+        for (h,) in rows:
+            heir = db.execute(
+                "SELECT rowid, request_id FROM members WHERE h = ? ORDER BY rowid LIMIT 1", (h,)
+            ).fetchone()
+            if heir is not None:
+                db.execute("UPDATE members SET credited = 1 WHERE rowid = ?", (heir[0],))
+                db.execute(
+                    "UPDATE requests SET new_samples = new_samples + 1 WHERE id = ?", (heir[1],)
+                )
 
     def mark_retry(self, bid: int, error: str, now: float) -> None:
         """Record a failed attempt: the batch keeps its requests and will be tried again."""
@@ -406,6 +555,7 @@ class Queue:
                 sql += " AND deadline < ?"
                 args += (now,)
             failed = db.execute(sql, args).rowcount
+            self._release_members(db, bid)
             db.execute(
                 "DELETE FROM items WHERE request_id IN "
                 "(SELECT id FROM requests WHERE batch_id = ? AND state = ?)",
@@ -433,3 +583,17 @@ class Queue:
                     return
                 time.sleep(0.01)
         log.warning("queue WAL checkpoint stayed blocked; deleted ids may linger in the WAL")
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script, triggers kept whole (``sqlite3.complete_statement``),
+    to run inside one transaction (``executescript`` would commit first)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        if not buf and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return out

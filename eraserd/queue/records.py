@@ -76,6 +76,53 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 """
 
+COLUMNS = {"requests": {"new_samples": ("INTEGER NOT NULL DEFAULT 0", "samples")}}
+"""Columns added since the first release, as (declaration, what fills the rows already there):
+a queue.db written before gets them on open. Before, each request counted all its samples."""
+
+DERIVED = """
+-- Keyed hashes of the samples pending requests name, subjects expanded. A sample named by
+-- several pending requests is credited to one of them (``credited``, and that request's
+-- ``new_samples``), so it counts once. Rows leave with their request's items.
+CREATE TABLE IF NOT EXISTS members (
+    h TEXT NOT NULL, request_id TEXT NOT NULL, credited INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS members_h ON members(h);
+CREATE INDEX IF NOT EXISTS members_request ON members(request_id);
+-- Requests and distinct samples per state, kept by the triggers below in the same
+-- transaction as each change: reading them never scans the requests.
+CREATE TABLE IF NOT EXISTS tallies (
+    state TEXT PRIMARY KEY, requests INTEGER NOT NULL, samples INTEGER NOT NULL
+);
+-- Distinct samples submitted per second, for the rate estimate's horizon.
+CREATE TABLE IF NOT EXISTS arrivals (second INTEGER PRIMARY KEY, samples INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS requests_state_deadline ON requests(state, deadline);
+CREATE INDEX IF NOT EXISTS requests_state_updated ON requests(state, updated_at);
+CREATE INDEX IF NOT EXISTS batches_state_updated ON batches(state, updated_at);
+CREATE TRIGGER IF NOT EXISTS requests_tally_insert AFTER INSERT ON requests BEGIN
+    UPDATE tallies SET requests = requests + 1, samples = samples + NEW.new_samples
+        WHERE state = NEW.state;
+    INSERT OR IGNORE INTO arrivals VALUES (CAST(NEW.created_at AS INTEGER), 0);
+    UPDATE arrivals SET samples = samples + NEW.new_samples
+        WHERE second = CAST(NEW.created_at AS INTEGER);
+    INSERT OR IGNORE INTO meta VALUES ('first_submitted', NEW.created_at);
+END;
+CREATE TRIGGER IF NOT EXISTS requests_tally_update AFTER UPDATE OF state, new_samples
+ON requests WHEN OLD.state != NEW.state OR OLD.new_samples != NEW.new_samples BEGIN
+    UPDATE tallies SET requests = requests - 1, samples = samples - OLD.new_samples
+        WHERE state = OLD.state;
+    UPDATE tallies SET requests = requests + 1, samples = samples + NEW.new_samples
+        WHERE state = NEW.state;
+END;
+CREATE TRIGGER IF NOT EXISTS requests_tally_delete AFTER DELETE ON requests BEGIN
+    UPDATE tallies SET requests = requests - 1, samples = samples - OLD.new_samples
+        WHERE state = OLD.state;
+END;
+"""
+"""What ``Queue`` derives from the requests: created, and filled from the rows once, on the
+first open of a queue.db that lacks it."""
+
 
 @dataclass(frozen=True)
 class DeletionRequest:
@@ -102,6 +149,7 @@ class DeletionRequest:
 class Pending:
     requests: int
     samples: int
+    """Distinct samples: one named by several pending requests counts once."""
     oldest_created: float | None
     earliest_deadline: float | None
 

@@ -22,7 +22,8 @@ class QueueFacts:
     oldest_pending: float | None
     overdue: int
     recent_samples: int
-    """Samples submitted within the rate horizon."""
+    """Distinct samples submitted within the rate horizon (to the second): a sample already
+    pending when named again does not count twice."""
     first_submitted: float | None
     last_published: float | None
 
@@ -44,24 +45,40 @@ class QueueView:
             self._db.close()
 
     def facts(self, now: float, horizon_s: float) -> QueueFacts:
+        """Kept tallies and index lookups only: its cost does not grow with the queue."""
         states = tuple(s.value for s in PENDING)
         marks = ",".join("?" * len(states))
         with self._lock:
-            pend = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created_at), "
-                f"COALESCE(SUM(deadline < ?), 0) FROM requests WHERE state IN ({marks})",
-                (now, *states),
+            requests, samples = self._db.execute(
+                "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(samples), 0) FROM tallies "
+                f"WHERE state IN ({marks})",
+                states,
             ).fetchone()
-            (recent,) = self._db.execute(  # both use the created_at index: no table scan
-                "SELECT COALESCE(SUM(samples), 0) FROM requests WHERE created_at >= ?",
-                (now - horizon_s,),
+            oldest: float | None = None
+            overdue = 0
+            for state in states:  # per state, so each is one index range (state, ...)
+                (first,) = self._db.execute(
+                    "SELECT MIN(created_at) FROM requests WHERE state = ?", (state,)
+                ).fetchone()
+                if first is not None and (oldest is None or first < oldest):
+                    oldest = first
+                (late,) = self._db.execute(
+                    "SELECT COUNT(*) FROM requests WHERE state = ? AND deadline < ?",
+                    (state, now),
+                ).fetchone()
+                overdue += late
+            (recent,) = self._db.execute(
+                "SELECT COALESCE(SUM(samples), 0) FROM arrivals WHERE second >= ?",
+                (int(now - horizon_s),),
             ).fetchone()
-            (first,) = self._db.execute("SELECT MIN(created_at) FROM requests").fetchone()
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'first_submitted'"
+            ).fetchone()
             (last,) = self._db.execute(
                 "SELECT MAX(updated_at) FROM batches WHERE state = ?",
                 (BatchState.PUBLISHED.value,),
             ).fetchone()
-        return QueueFacts(pend[0], pend[1], pend[2], pend[3], recent, first, last)
+        return QueueFacts(requests, samples, oldest, overdue, recent, row[0] if row else None, last)
 
     def published_times(self, batch_id: int) -> list[tuple[float, float, float]]:
         """(submitted, deadline, published) of each request a batch published."""
