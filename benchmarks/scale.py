@@ -41,6 +41,20 @@ from api_bench import (  # noqa: E402  (the same HTTP helpers as the control-API
 from daemon_util import BIN, DaemonProc, write_daemon_config  # noqa: E402
 
 
+def scrape(conn, token: str, n: int) -> list[float]:
+    """GET /metrics ``n`` times on one connection (text, not JSON); seconds each."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        body = resp.read()
+        out.append(time.perf_counter() - t0)
+        if resp.status != 200 or b"eraserd_" not in body:
+            raise BenchError(f"GET /metrics: HTTP {resp.status} {body[:200]!r}")
+    return out
+
+
 def fill(state: Path, upto: int) -> int:
     """Admit pending requests into the stopped daemon's queue until it holds ``upto``."""
     from eraserd.data.store import Store
@@ -99,10 +113,12 @@ def queue_section(levels: list[int], n: int, gets: int, root: Path) -> list[str]
             seq_rate = n / (time.perf_counter() - t0)
             wall, _ = concurrent(d, ids[n:], 4)
             par_rate = n / wall
-            lat = {}
-            for path in ("/v1/status", "/metrics"):
-                timed(conn, d.token, [("GET", path)] * 10)  # warm-up
-                lat[path] = timed(conn, d.token, [("GET", path)] * gets)
+            timed(conn, d.token, [("GET", "/v1/status")] * 10)  # warm-up
+            scrape(conn, d.token, 10)
+            lat = {
+                "/v1/status": timed(conn, d.token, [("GET", "/v1/status")] * gets),
+                "/metrics": scrape(conn, d.token, gets),
+            }
             status = call(conn, d.token, "GET", "/v1/status")[1]
             queued = status["queue"]["requests"]["queued"]
             if queued != held + 2 * n:

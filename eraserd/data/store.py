@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS tombstones (
 """
 
 _MAX_LISTED = 10
+_IN_CHUNK = 500
+"""Keys per ``IN (...)`` query: under SQLite's variable limit."""
+_UNLINKING = "unlinking"
+"""meta: the object files a purge committed to delete and has not yet unlinked."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
-        self._drop_staging()
+        self._recover()
 
     def close(self) -> None:
         self._db.close()
@@ -141,13 +145,22 @@ class Store:
 
     # ---- ingest ---------------------------------------------------------------------------
 
+    def _recover(self) -> None:
+        """Finish what a crash interrupted, touching only what it names: an ingest (its
+        staging directory is there until the ingest is over) and a purge's object files
+        (listed in meta until they are unlinked). A clean open lists no directory."""
+        if (self.root / "staging").exists():
+            self._drop_staging()
+        if self.meta(_UNLINKING) is not None:
+            self._unlink([])
+
     def _drop_staging(self) -> None:
-        """Remove what an interrupted ingest left: staging files and unindexed objects."""
-        shutil.rmtree(self.root / "staging", ignore_errors=True)
+        """Remove what an interrupted ingest left: unindexed objects, then staging files."""
         known = {r[0] for r in self._db.execute("SELECT key FROM samples")}
         for path in self.objects.iterdir():
             if path.name not in known:
                 path.unlink()
+        shutil.rmtree(self.root / "staging", ignore_errors=True)
 
     def ingest(self, source: Source, split_of, progress=None) -> int:
         """Copy every sample of ``source`` in, or nothing at all.
@@ -207,7 +220,6 @@ class Store:
                 db.execute("INSERT INTO meta VALUES ('classes', ?)", (json.dumps(source.classes),))
                 db.execute("INSERT INTO meta VALUES ('source', ?)", (source.description,))
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
             self._drop_staging()
             raise
         shutil.rmtree(staging, ignore_errors=True)
@@ -326,13 +338,18 @@ class Store:
     # ---- feature cache --------------------------------------------------------------------
 
     def cached_features(self, keys: list[str], fingerprint: str) -> dict[str, np.ndarray]:
+        """The cached features of ``keys`` (those computed with ``fingerprint``): one primary
+        key lookup each, whatever the size of the cache."""
         out: dict[str, np.ndarray] = {}
-        for key, vec in self._db.execute(
-            "SELECT key, vec FROM features WHERE fingerprint = ?", (fingerprint,)
-        ):
-            out[key] = np.frombuffer(vec, dtype=np.float32)
-        wanted = set(keys)
-        return {k: v for k, v in out.items() if k in wanted}
+        for start in range(0, len(keys), _IN_CHUNK):
+            part = keys[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            for key, vec in self._db.execute(
+                f"SELECT key, vec FROM features WHERE key IN ({marks}) AND fingerprint = ?",
+                (*part, fingerprint),
+            ):
+                out[key] = np.frombuffer(vec, dtype=np.float32)
+        return out
 
     def put_features(self, items: dict[str, np.ndarray], fingerprint: str) -> None:
         with self._tx() as db:
@@ -349,7 +366,8 @@ class Store:
     def purge(self, rows: list[SampleRow], subject_ids: Iterable[str] = ()) -> None:
         """Erase samples: rows, cached features, object files; leave salted tombstones.
 
-        Idempotent: purging rows that are already gone is a no-op.
+        O(the rows purged): ``secure_delete`` zeroes what is deleted in place, so the file is
+        never rewritten whole. Idempotent: purging rows that are already gone is a no-op.
         """
         subjects = set(subject_ids)
         with self._tx() as db:
@@ -365,8 +383,24 @@ class Store:
                     "INSERT OR IGNORE INTO tombstones VALUES (?, 'subject')",
                     (self._tomb("subject", subj),),
                 )
-        for r in rows:
-            (self.objects / r.key).unlink(missing_ok=True)
+            # In the same commit as the rows: a crash before the unlinks below leaves the
+            # list, and the next open finishes them (``_recover``).
+            self._note_unlinking(db, [r.key for r in rows])
+        self._unlink([r.key for r in rows])
+
+    def _note_unlinking(self, db: sqlite3.Connection, keys: list[str]) -> None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (_UNLINKING,)).fetchone()
+        listed = set(json.loads(row[0])) if row else set()
+        db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            (_UNLINKING, json.dumps(sorted(listed | set(keys)))),
+        )
+
+    def _unlink(self, keys: list[str]) -> None:
+        """Unlink purged objects (``keys`` and any a crash left listed), then the list."""
+        listed = json.loads(self.meta(_UNLINKING) or "[]")
+        for key in sorted(set(listed) | set(keys)):
+            (self.objects / key).unlink(missing_ok=True)
         fsync_dir(self.objects)
-        # Rewrite the file so no freed page or stale overflow chain keeps old bytes around.
-        self._db.execute("VACUUM")
+        with self._tx() as db:
+            db.execute("DELETE FROM meta WHERE key = ?", (_UNLINKING,))
