@@ -10,8 +10,7 @@ import sqlite3
 import pytest
 
 from eraserd.queue import PENDING, Queue, QueueView, RequestState
-from eraserd.queue.db import _statements
-from eraserd.queue.records import DERIVED, SCHEMA
+from eraserd.queue.schema import DERIVED, SCHEMA, statements
 
 pytestmark = pytest.mark.pure  # no torch: part of `make test-fast`
 
@@ -218,12 +217,13 @@ def test_what_submits_ticks_and_scrapes_read_never_scans_the_requests(q, tmp_pat
     import inspect
 
     from eraserd.queue import db as dbmod
+    from eraserd.queue import members, schema
     from eraserd.queue import view as viewmod
 
     path = tmp_path / "queue.db"
     source = inspect.getsource(dbmod.Queue.pending) + inspect.getsource(viewmod.QueueView.facts)
     source += inspect.getsource(dbmod.Queue.counts) + inspect.getsource(dbmod.Queue.admit)
-    source += inspect.getsource(dbmod.Queue._pending_members)
+    source += inspect.getsource(members.held) + inspect.getsource(schema)
     source += inspect.getsource(dbmod.Queue.pending_ids)
     reads = [
         ("SELECT requests, samples FROM tallies WHERE state = ?", (QUEUED,)),
@@ -244,6 +244,6 @@ def test_what_submits_ticks_and_scrapes_read_never_scans_the_requests(q, tmp_pat
 
 
 def test_derived_schema_statements_run_whole(tmp_path):
-    stmts = _statements(DERIVED)
+    stmts = statements(DERIVED)
     assert sum(s.startswith("CREATE TRIGGER") for s in stmts) == 3
     assert all(sqlite3.complete_statement(s) for s in stmts)

@@ -16,12 +16,10 @@ from pathlib import Path
 
 from ..dbutil import immediate
 from ..faults import crashpoint
+from . import members as ledger
 from .records import (
     _REQUEST_COLS,
-    COLUMNS,
-    DERIVED,
     PENDING,
-    SCHEMA,
     Admission,
     BatchState,
     DeletionRequest,
@@ -31,6 +29,7 @@ from .records import (
     Position,
     RequestState,
 )
+from .schema import SCHEMA, upgrade
 
 log = logging.getLogger("eraserd.queue")
 
@@ -45,46 +44,9 @@ class Queue:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
-        self._upgrade()
-        self.scrub()  # a crash may have left erased rows in the WAL
-
-    def _upgrade(self) -> None:
-        """Add what later releases keep beside the rows, filled from the rows, once."""
         with self._tx() as db:
-            for table, cols in COLUMNS.items():
-                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-                for name, (decl, fill) in cols.items():
-                    if name not in have:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
-                        db.execute(f"UPDATE {table} SET {name} = {fill}")
-            fresh = not db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tallies'"
-            ).fetchone()
-            for stmt in _statements(DERIVED):
-                db.execute(stmt)
-            if not fresh:
-                return
-            db.executemany(
-                "INSERT INTO tallies VALUES (?, 0, 0)", [(st.value,) for st in RequestState]
-            )
-            db.execute(
-                "UPDATE tallies SET (requests, samples) = (SELECT COUNT(*), "
-                "COALESCE(SUM(new_samples), 0) FROM requests r WHERE r.state = tallies.state)"
-            )
-            db.execute(
-                "INSERT INTO arrivals SELECT CAST(created_at AS INTEGER), SUM(new_samples) "
-                "FROM requests GROUP BY CAST(created_at AS INTEGER)"
-            )
-            db.execute(
-                "INSERT INTO meta SELECT 'first_submitted', MIN(created_at) FROM requests "
-                "HAVING COUNT(*) > 0"
-            )
-            # Requests queued before: their named samples (subjects were not expanded then).
-            rows = db.execute("SELECT request_id, ident FROM items WHERE kind = 'sample'")
-            db.executemany(
-                "INSERT INTO members VALUES (?, ?, 0)",
-                [(self._member(ident), rid) for rid, ident in rows.fetchall()],
-            )
+            upgrade(db, self._member)
+        self.scrub()  # a crash may have left erased rows in the WAL
 
     def close(self) -> None:
         with self._lock:
@@ -155,7 +117,7 @@ class Queue:
                 f"subject {s}" for s in sorted(pend_subj)
             )
             members = sorted({self._member(s) for s in matched})
-            known = self._pending_members(members)
+            known = ledger.held(self._db, members)
             crashpoint("submit")
             req = self._insert(
                 samples,
@@ -218,10 +180,7 @@ class Queue:
             [(rid, "sample", s) for s in samples] + [(rid, "subject", s) for s in subjects],
         )
         if state is RequestState.QUEUED:
-            db.executemany(
-                "INSERT INTO members VALUES (?, ?, ?)",
-                [(h, rid, int(h not in held)) for h in members],
-            )
+            ledger.add(db, rid, members, held)
         created = self._get(rid)
         assert created is not None
         return created
@@ -242,15 +201,6 @@ class Queue:
                     if hit:
                         found[kind].add(ident)
         return found["sample"], found["subject"]
-
-    def _pending_members(self, members: list[str]) -> set[str]:
-        """Which of these member hashes a pending request names (only pending requests
-        have members: publication and failure delete them)."""
-        return {
-            h
-            for h in members
-            if self._db.execute("SELECT 1 FROM members WHERE h = ? LIMIT 1", (h,)).fetchone()
-        }
 
     def _get(self, rid: str) -> DeletionRequest | None:
         row = self._db.execute(
@@ -459,63 +409,13 @@ class Queue:
                 "reason = NULL WHERE batch_id = ? AND state != ?",
                 (RequestState.PUBLISHED.value, version, now, now, bid, RequestState.FAILED.value),
             )
-            self._erase_members(db, bid)
+            ledger.erase(db, bid)
             db.execute(
                 "DELETE FROM items WHERE request_id IN "
                 "(SELECT id FROM requests WHERE batch_id = ?)",
                 (bid,),
             )
         self.scrub()
-
-    def _erase_members(self, db: sqlite3.Connection, bid: int) -> None:
-        """A published batch erased its samples: no pending request names them any more,
-        so their rows go everywhere, and a request outside the batch that held the credit
-        for one gives it back. O(the batch's samples), each an index lookup."""
-        mine = {
-            r[0]
-            for r in db.execute("SELECT id FROM requests WHERE batch_id = ?", (bid,)).fetchall()
-        }
-        hashes = db.execute(
-            "SELECT DISTINCT m.h FROM members m JOIN requests r ON r.id = m.request_id "
-            "WHERE r.batch_id = ?",
-            (bid,),
-        ).fetchall()
-        debit: dict[str, int] = {}
-        for (h,) in hashes:
-            for rid, credited in db.execute(
-                "SELECT request_id, credited FROM members WHERE h = ?", (h,)
-            ).fetchall():
-                if credited and rid not in mine:
-                    debit[rid] = debit.get(rid, 0) + 1
-            db.execute("DELETE FROM members WHERE h = ?", (h,))
-        db.executemany(
-            "UPDATE requests SET new_samples = new_samples - ? WHERE id = ?",
-            [(n, rid) for rid, n in sorted(debit.items())],
-        )
-
-    def _release_members(self, db: sqlite3.Connection, bid: int) -> None:
-        """Failed requests of batch ``bid`` erased nothing: a sample they held the credit
-        for passes it to another pending request that names it (the first by rowid)."""
-        failed = (bid, RequestState.FAILED.value)
-        rows = db.execute(
-            "SELECT m.h FROM members m JOIN requests r ON r.id = m.request_id "
-            "WHERE r.batch_id = ? AND r.state = ? AND m.credited = 1",
-            failed,
-        ).fetchall()
-        db.execute(
-            "DELETE FROM members WHERE request_id IN "
-            "(SELECT id FROM requests WHERE batch_id = ? AND state = ?)",
-            failed,
-        )
-        for (h,) in rows:
-            heir = db.execute(
-                "SELECT rowid, request_id FROM members WHERE h = ? ORDER BY rowid LIMIT 1", (h,)
-            ).fetchone()
-            if heir is not None:
-                db.execute("UPDATE members SET credited = 1 WHERE rowid = ?", (heir[0],))
-                db.execute(
-                    "UPDATE requests SET new_samples = new_samples + 1 WHERE id = ?", (heir[1],)
-                )
 
     def mark_retry(self, bid: int, error: str, now: float) -> None:
         """Record a failed attempt: the batch keeps its requests and will be tried again."""
@@ -555,7 +455,7 @@ class Queue:
                 sql += " AND deadline < ?"
                 args += (now,)
             failed = db.execute(sql, args).rowcount
-            self._release_members(db, bid)
+            ledger.release(db, bid)
             db.execute(
                 "DELETE FROM items WHERE request_id IN "
                 "(SELECT id FROM requests WHERE batch_id = ? AND state = ?)",
@@ -583,17 +483,3 @@ class Queue:
                     return
                 time.sleep(0.01)
         log.warning("queue WAL checkpoint stayed blocked; deleted ids may linger in the WAL")
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of a schema script, triggers kept whole (``sqlite3.complete_statement``),
-    to run inside one transaction (``executescript`` would commit first)."""
-    out, buf = [], ""
-    for line in script.splitlines(keepends=True):
-        if not buf and (not line.strip() or line.lstrip().startswith("--")):
-            continue
-        buf += line
-        if sqlite3.complete_statement(buf):
-            out.append(buf.strip())
-            buf = ""
-    return out
