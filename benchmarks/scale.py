@@ -13,7 +13,25 @@ the fill only). At each level it measures, over loopback HTTP keep-alive:
 
 It prints one row per level and the growth from the first level to the last.
 
+Retrain section (``--retrain``): peak RSS of one cluster's retrain (EfficientNet-Lite0 at
+64 px, one epoch of batch 32), each in a fresh process, for clusters of N generated
+real-looking digits (``synthetic_digits.py``), two ways side by side: streamed (the worker
+reads the store's object files into the one padded buffer, ``training/streaming.py``) and
+in memory (decoded views stacked, then concatenated and padded: what the parent and its
+worker held before). It prints the peak RSS over the process's RSS before reading any
+image, per image, against the uint8 images' own size.
+
+Data section (``--data``): for each N (2k and 20k; 100k with ``--full``) a folder of N
+generated real-looking digits, each level in a fresh process with the local worker pool, and
+bounded clusters (``max_cluster_share`` = CAP / N, so no cluster passes CAP images whatever N:
+the cheap-forgetting settings). It times ingest, features, clustering, build, the forget of
+one training point outside the clustering sample, and verify (up to 20k), and reports the
+store's size and peak RSS (the process, and its largest worker), then the growth exponent
+of each from the first N to the last (t ~ N^k).
+
     .venv/bin/python benchmarks/scale.py --queue [--pending 0 50000 100000]
+    .venv/bin/python benchmarks/scale.py --retrain [--clusters 500 2000 8000]
+    .venv/bin/python benchmarks/scale.py --data [--full] [--cap 100]
 """
 
 from __future__ import annotations
@@ -149,20 +167,219 @@ def queue_section(levels: list[int], n: int, gets: int, root: Path) -> list[str]
     return lines
 
 
+RETRAIN_CHILD = r"""
+import json, resource, sys
+import torch
+from eraserd.config import BackboneConfig, PromptConfig, RuntimeConfig, TrainingConfig
+from eraserd.model.backbone import load_backbone
+from eraserd.training.engine import PackImages, configure_torch, train_pack
+from eraserd.training.streaming import ClusterSource, read_pack
+
+way, objects, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+runtime = RuntimeConfig(device="cpu", num_threads=2)
+configure_torch(runtime)
+bb = load_backbone(BackboneConfig(image_size=64), runtime)
+tcfg = TrainingConfig(epochs=1, batch_size=32, min_steps=1)
+pcfg = PromptConfig(width=8)
+keys = tuple(f"k{i:06d}" for i in range(n))
+src = ClusterSource(objects, keys, tuple(i % 10 for i in range(n)), 1, 64)
+small = ClusterSource(objects, keys[:32], tuple(i % 10 for i in range(32)), 1, 64)
+pad = tcfg.augment.crop_padding
+train_pack(bb, read_pack([small], pad), tcfg, pcfg, 10)  # warm-up: allocator, kernels
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if way == "streamed":
+    images = read_pack([src], pad)
+else:
+    images = PackImages.of([src.load()], pad)
+out = train_pack(bb, images, tcfg, pcfg, 10)[0]
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base_kb": base, "peak_kb": peak, "steps": out.steps, "pad": pad,
+                  "prompt_sum": float(out.prompt.double().sum())}))
+"""
+
+
+def retrain_section(clusters: list[int], root: Path) -> list[str]:
+    import json
+
+    from synthetic_digits import make_folder
+
+    folder = make_folder(root / "folder", max(clusters))
+    objects = root / "objects"
+    objects.mkdir()
+    for i, path in enumerate(sorted(folder.glob("*/img-*.png"), key=lambda p: p.name)):
+        (objects / f"k{i:06d}").write_bytes(path.read_bytes())
+    image = 3 * 64 * 64
+    lines = [
+        "retrain: Lite0 at 64 px, the default crop padding, 1 epoch of batch 32; peak RSS "
+        f"over the RSS before any image is read; a uint8 view is {image} B",
+        f"{'images':>8}{'way':>10}{'peak - base MB':>16}{'KB/image':>10}{'steps':>7}",
+    ]
+    growth = {}
+    for n in clusters:
+        for way in ("streamed", "in memory"):
+            out = subprocess.run(
+                [sys.executable, "-c", RETRAIN_CHILD, way.split()[0], str(objects), str(n)],
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
+            if out.returncode != 0:
+                raise BenchError(f"retrain child failed:\n{out.stderr[-2000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            extra = (r["peak_kb"] - r["base_kb"]) / 1024
+            growth.setdefault(way, []).append((n, extra))
+            lines.append(f"{n:>8}{way:>10}{extra:>16.1f}{extra * 1024 / n:>10.1f}{r['steps']:>7}")
+    for way, pts in growth.items():
+        (n0, m0), (n1, m1) = pts[0], pts[-1]
+        lines.append(
+            f"{way}: from {n0} to {n1} images ({n1 / n0:.0f}x) the peak grew by "
+            f"{(m1 - m0) * 1024 / (n1 - n0):.1f} KB per added image"
+        )
+    return lines
+
+
+DATA_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+from eraserd.checks import verify
+from eraserd.config import config_from_dict
+from eraserd.eraser import Eraser
+from eraserd.model.features import ensure_features
+from eraserd.unlearning import Settings
+
+folder, state = sys.argv[1], sys.argv[2]
+n, cap, do_verify = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+raw = {
+    "state_dir": state, "seed": 0,
+    "data": {"source": folder, "test_fraction": 0.1},
+    "backbone": {"image_size": 64},
+    "clustering": {"sample_size": max(1000, 4 * n // cap), "distance_threshold": 17.4,
+                   "max_cluster_share": cap / n},
+    "training": {"epochs": 1, "min_steps": 20, "batch_size": 32},
+    "executor": {"backend": "local", "devices": ["cpu"]},
+}
+cfg = config_from_dict(raw)
+out = {}
+with Eraser(cfg) as er:
+    t = time.perf_counter(); er.ingest(); out["ingest_s"] = time.perf_counter() - t
+    rows = er.store.rows()
+    t = time.perf_counter(); feats = ensure_features(er.store, er.backbone, rows)
+    out["features_s"] = time.perf_counter() - t
+    train = [r.sample_id for r in rows if r.split == "train"]
+    t = time.perf_counter(); part = Settings.of(cfg).partition(train, feats)
+    out["clustering_s"] = time.perf_counter() - t
+    out["clusters"], out["largest"] = len(part.keys), max(len(m) for m in part.members)
+    t = time.perf_counter(); er.build(); out["build_s"] = time.perf_counter() - t
+    victim = next(s["sample_id"] for s in er.samples()
+                  if s["split"] == "train" and not s["in_clustering_sample"])
+    t = time.perf_counter(); res = er.forget(sample_ids=[victim])
+    out["forget_s"] = time.perf_counter() - t
+    out["forget_retrained"] = len(res.retrained)
+    if do_verify:
+        t = time.perf_counter(); v = verify(er); out["verify_s"] = time.perf_counter() - t
+        out["verify_identical"] = bool(v.get("identical"))
+out["store_mb"] = sum(p.stat().st_size for p in Path(state).rglob("*") if p.is_file()) / 1e6
+out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["worker_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+DATA_COLUMNS = [
+    ("ingest_s", "ingest s"),
+    ("features_s", "features s"),
+    ("clustering_s", "cluster s"),
+    ("build_s", "build s"),
+    ("forget_s", "forget s"),
+    ("verify_s", "verify s"),
+    ("store_mb", "store MB"),
+    ("rss_mb", "RSS MB"),
+    ("worker_rss_mb", "worker MB"),
+]
+
+
+def data_section(sizes: list[int], cap: int, verify_upto: int, root: Path) -> list[str]:
+    import json
+    import math
+
+    from synthetic_digits import make_folder
+
+    folder = root / "folder"
+    results = []
+    for n in sizes:
+        make_folder(folder / str(n), n)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                DATA_CHILD,
+                str(folder / str(n)),
+                str(root / f"state-{n}"),
+                str(n),
+                str(cap),
+                "1" if n <= verify_upto else "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=6 * 3600,
+        )
+        if out.returncode != 0:
+            raise BenchError(f"data child failed at N={n}:\n{out.stderr[-3000:]}")
+        results.append((n, json.loads(out.stdout.strip().splitlines()[-1])))
+    lines = [
+        f"data: generated digits, Lite0 at 64 px, clusters capped at {cap} images, 1 epoch "
+        "(min 20 steps) per cluster, local pool of 1 CPU worker",
+        f"{'N':>7}{'clusters':>9}{'largest':>8}"
+        + "".join(f"{title:>11}" for _, title in DATA_COLUMNS),
+    ]
+    for n, r in results:
+        lines.append(
+            f"{n:>7}{r['clusters']:>9}{r['largest']:>8}"
+            + "".join(f"{r[k]:>11.2f}" if k in r else f"{'-':>11}" for k, _ in DATA_COLUMNS)
+        )
+    (n0, r0), (n1, r1) = results[0], results[-1]
+    if n1 > n0:
+        exps = [
+            f"{title.split()[0]} {math.log(r1[k] / r0[k]) / math.log(n1 / n0):.2f}"
+            for k, title in DATA_COLUMNS
+            if k in r0 and k in r1 and r0[k] > 0 and r1[k] > 0
+        ]
+        lines.append(f"growth exponents from N={n0} to N={n1}: " + ", ".join(exps))
+        lines.append(
+            f"forget {n1 // n0}x the data: x{r1['forget_s'] / r0['forget_s']:.2f} the time "
+            f"(retrained {r0['forget_retrained']} and {r1['forget_retrained']} cluster(s))"
+        )
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--queue", action="store_true", help="run the queue section")
+    ap.add_argument("--retrain", action="store_true", help="run the retrain RSS section")
+    ap.add_argument("--clusters", type=int, nargs="+", default=[500, 2000, 8000])
+    ap.add_argument("--data", action="store_true", help="run the data section")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    ap.add_argument("--full", action="store_true", help="add N=100000 to the data section")
+    ap.add_argument("--cap", type=int, default=100, help="largest cluster, in images")
     ap.add_argument("--pending", type=int, nargs="+", default=[0, 50_000, 100_000])
     ap.add_argument("--n", type=int, default=300, help="submissions per phase")
     ap.add_argument("--gets", type=int, default=300, help="GETs per endpoint and level")
     ap.add_argument("--dir", type=Path, help="parent of the temp dir (its fs decides fsync cost)")
     a = ap.parse_args()
-    if not a.queue:
-        ap.error("choose a section: --queue")
+    if not (a.queue or a.retrain or a.data):
+        ap.error("choose sections: --data, --retrain and/or --queue")
     if sorted(a.pending) != a.pending:
         ap.error("--pending levels must grow (the queue is filled, never emptied)")
-    with tempfile.TemporaryDirectory(prefix="eraserd-scale-", dir=a.dir) as tmp:
-        lines = queue_section(a.pending, a.n, a.gets, Path(tmp))
+    lines: list[str] = []
+    if a.data:
+        sizes = sorted(set(a.sizes + ([100_000] if a.full else [])))
+        with tempfile.TemporaryDirectory(prefix="eraserd-scale-", dir=a.dir) as tmp:
+            lines += data_section(sizes, a.cap, 20_000, Path(tmp))
+    if a.retrain:
+        with tempfile.TemporaryDirectory(prefix="eraserd-scale-", dir=a.dir) as tmp:
+            lines += retrain_section(sorted(a.clusters), Path(tmp))
+    if a.queue:
+        with tempfile.TemporaryDirectory(prefix="eraserd-scale-", dir=a.dir) as tmp:
+            lines += queue_section(a.pending, a.n, a.gets, Path(tmp))
     print("\n".join(lines))
 
 

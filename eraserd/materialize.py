@@ -9,7 +9,6 @@ cluster from scratch. Build and forget both go through ``materialize``.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from .model.fastpath import FASTPATH_VERSION
 from .numerics import numeric_platform
 from .progress import bar
 from .registry import Registry
-from .training.engine import ENGINE_VERSION, ClusterData, predict_batch
+from .training.engine import ENGINE_VERSION, predict_batch
+from .training.streaming import ClusterSource
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,19 @@ def config_hash(cfg: Config) -> str:
     return sha256_hex(repr(sorted(plain.items())).encode())
 
 
-def _cluster_data(store: Store, rows: list[SampleRow], size: int, seed: int) -> ClusterData:
-    return ClusterData(
-        load_views(store, rows, size),
-        torch.tensor([r.label for r in rows], dtype=torch.int64),
+def cluster_source(store: Store, rows: list[SampleRow], size: int, seed: int) -> ClusterSource:
+    """Where a cluster's training images are (``rows`` in sample-id order), and its seed."""
+    return ClusterSource(
+        str(store.objects),
+        tuple(r.key for r in rows),
+        tuple(r.label for r in rows),
         member_seed(seed, [r.sample_id for r in rows]),
+        size,
     )
+
+
+_EVAL_CHUNK = 4 * 64
+"""Test views decoded at once: a whole number of ``predict_batch`` batches (64)."""
 
 
 def load_views(store: Store, rows: list[SampleRow], size: int) -> torch.Tensor:
@@ -154,12 +161,14 @@ def materialize(
     for _, key, members, _, _, _, old in plans:
         if old is None:
             rows = [by_id[i] for i in members]
+            source = cluster_source(store, rows, backbone.image_size, cfg.seed)
             jobs.append(
                 RetuneJob(
                     key,
                     float(len(members) * cfg.training.epochs_for(len(members))),
                     len(classes),
-                    functools.partial(_cluster_data, store, rows, backbone.image_size, cfg.seed),
+                    source.load,
+                    source,
                 )
             )
     with bar(total=sum(j.cost for j in jobs), desc="retune", unit="img-step") as progress:
@@ -273,8 +282,11 @@ def _evaluate(
         return 0, 0
     prompt = registry.get_tensors(prompt_h, "prompt")["prompt"]
     head = registry.get_tensors(head_h, "head")
-    preds = predict_batch(
-        backbone, prompt, head["weight"], head["bias"], load_views(store, rows, backbone.image_size)
-    )
-    labels = torch.tensor([r.label for r in rows])
-    return len(rows), int((preds == labels).sum())
+    correct = 0
+    # Chunks of whole prediction batches: the same batches as one call, a bounded memory.
+    for lo in range(0, len(rows), _EVAL_CHUNK):
+        part = rows[lo : lo + _EVAL_CHUNK]
+        views = load_views(store, part, backbone.image_size)
+        preds = predict_batch(backbone, prompt, head["weight"], head["bias"], views)
+        correct += int((preds == torch.tensor([r.label for r in part])).sum())
+    return len(rows), correct

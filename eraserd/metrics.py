@@ -198,7 +198,7 @@ class DaemonState:
 
 GAUGES: dict[str, str] = {
     "eraserd_queue_pending_requests": "Requests not yet published or failed.",
-    "eraserd_queue_pending_samples": "Distinct samples named by pending requests (a sample named twice counts once).",
+    "eraserd_queue_pending_samples": "Distinct samples named by pending requests (each once).",
     "eraserd_queue_oldest_pending_age_seconds": "Age of the oldest pending request, else 0.",
     "eraserd_queue_overdue_requests": "Pending requests already past their deadline.",
     "eraserd_last_publish_timestamp_seconds": "Last published batch or serving version.",

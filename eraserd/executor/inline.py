@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from ..config import Config
 from ..model.backbone import Backbone
-from ..training.engine import ClusterData, train_pack
+from ..training.engine import ClusterData, PackImages, train_pack
+from ..training.streaming import read_pack
 from .dispatch import Event, Failed, Finished, dispatch, timed_out
 from .interfaces import ExecutorError, JobResult, OnDone, RetuneJob
 from .packing import Pack, pack_limit, plan_packs
@@ -18,7 +19,7 @@ def run_pack(
     backbone: Backbone,
     cfg: Config,
     num_classes: int,
-    datas: list[ClusterData],
+    datas: list[ClusterData] | PackImages,
     on_step: Callable[[int], None] | None = None,
 ) -> list:
     """Train a pack; one (prompt, weight, bias, seconds) per cluster, in pack order."""
@@ -76,7 +77,12 @@ class InlineExecutor:
         if self._job is None:
             return []
         (pack, deadline), self._job = self._job, None
-        datas = pack.load()  # reading the store is not the executor's to retry
+        sources = pack.sources()  # reading the store is not the executor's to retry
+        datas = (
+            read_pack(sources, self.cfg.training.augment.crop_padding)
+            if sources is not None
+            else pack.load()
+        )
 
         def check(_images: int) -> None:
             if self.clock() > deadline:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..training.engine import ClusterData
+    from ..training.streaming import ClusterSource
 
 
 class ExecutorError(EraserdError):
@@ -28,7 +29,11 @@ class RetuneJob:
     """Relative cost for scheduling: cluster size x epochs."""
     num_classes: int
     load: Callable[[], ClusterData] = field(repr=False)
-    """Loads the job's data in the parent, just before dispatch (keeps memory bounded)."""
+    """Loads the job's images in this process, just before dispatch: for a backend whose
+    workers cannot read the store (Ray), and for jobs with no ``source``."""
+    source: ClusterSource | None = field(default=None, repr=False)
+    """Where the job's images are in the store: a worker on this machine reads them itself,
+    straight into its training buffer, and this process never holds them."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Local worker pool: one persistent process per device, started with ``spawn``.
 
 Each worker loads the backbone once and trains the jobs it is handed. The parent never
-touches CUDA: it decodes images, hands out jobs largest-first to whichever worker is free,
-and watches for deaths, errors and timeouts. A failed job is retried on any device, on a
+touches CUDA and, for jobs that say where their images are in the store, never touches
+pixels either: the worker reads them itself (``training/streaming.py``). The parent hands
+out jobs largest-first to whichever worker is free, and watches for deaths, errors and
+timeouts. A failed job is retried on any device, on a
 fresh worker, up to ``max_retries`` times.
 """
 
@@ -49,7 +51,8 @@ def _die_with_parent() -> None:
 
 def _worker_main(cfg_plain: dict, device: str, parent: int, inbox, outbox) -> None:
     from ..model.backbone import load_backbone
-    from ..training.engine import ClusterData, configure_torch
+    from ..training.engine import ClusterData, PackImages, configure_torch
+    from ..training.streaming import read_pack
 
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above took effect
@@ -72,9 +75,13 @@ def _worker_main(cfg_plain: dict, device: str, parent: int, inbox, outbox) -> No
             continue
         if msg is None:
             return
-        job_id, num_classes, parts = msg
+        job_id, num_classes, kind, parts = msg
         try:
-            datas = [ClusterData(images, labels, seed) for images, labels, seed in parts]
+            datas: list[ClusterData] | PackImages
+            if kind == "sources":
+                datas = read_pack(parts, cfg.training.augment.crop_padding)
+            else:
+                datas = [ClusterData(images, labels, seed) for images, labels, seed in parts]
             outputs = run_pack(backbone, cfg, num_classes, datas)
             # By value (numpy), not as torch's shared-memory handles: those can be opened only
             # while this process lives, and a worker replaced right after it answered is gone.
@@ -196,10 +203,15 @@ class LocalPool:
         return sorted(free, key=lambda i: -self.throughput.get(self.workers[i].device, 0.0))
 
     def start(self, slot: int, pack: Pack, deadline: float) -> None:
-        parts = [(d.images, d.labels, d.seed) for d in pack.load()]
+        sources = pack.sources()
+        parts: list
+        if sources is not None:  # the worker reads the images: none pass through here
+            kind, parts = "sources", sources
+        else:
+            kind, parts = "images", [(d.images, d.labels, d.seed) for d in pack.load()]
         self._next_id += 1
         w = self.workers[slot]
-        w.inbox.put((self._next_id, pack.num_classes, parts))
+        w.inbox.put((self._next_id, pack.num_classes, kind, parts))
         w.job = (self._next_id, pack, time.monotonic())
 
     def replace(self, slot: int) -> None:

@@ -11,6 +11,7 @@ from .interfaces import JobResult, RetuneJob
 if TYPE_CHECKING:
     from ..config import Config
     from ..training.engine import ClusterData
+    from ..training.streaming import ClusterSource
 
 
 def schedule_order(jobs: list[RetuneJob]) -> list[RetuneJob]:
@@ -39,6 +40,11 @@ class Pack:
 
     def load(self) -> list[ClusterData]:
         return [j.load() for j in self.jobs]
+
+    def sources(self) -> list[ClusterSource] | None:
+        """Where every job's images are in the store; None unless every job says."""
+        found = [j.source for j in self.jobs]
+        return None if any(s is None for s in found) else found  # type: ignore[return-value]
 
     def results(self, outputs: list, device: str, attempt: int) -> list[JobResult]:
         """``outputs``: one (prompt, weight, bias, seconds) per job, in job order."""

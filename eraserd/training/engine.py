@@ -51,6 +51,32 @@ class ClusterData:
 
 
 @dataclass(frozen=True)
+class PackImages:
+    """A pack's images as training reads them: every cluster's views back to back, with the
+    crop padding's zero border already around each. Built from in-memory ``ClusterData``
+    (``of``), or read straight from the store into this one buffer (``training/streaming.py``), so
+    a retrain holds its uint8 images once and nothing else that grows with them."""
+
+    padded: torch.Tensor
+    """uint8 [N, 3, S + 2p, S + 2p]."""
+    labels: torch.Tensor
+    """int64 [N]."""
+    counts: tuple[int, ...]
+    """Images of each cluster, in pack order."""
+    seeds: tuple[int, ...]
+
+    @classmethod
+    def of(cls, datas: Sequence[ClusterData], pad: int) -> PackImages:
+        images = torch.cat([d.images for d in datas])
+        return cls(
+            F.pad(images, (pad, pad, pad, pad)) if pad else images,
+            torch.cat([d.labels for d in datas]),
+            tuple(int(d.images.shape[0]) for d in datas),
+            tuple(d.seed for d in datas),
+        )
+
+
+@dataclass(frozen=True)
 class TrainedCluster:
     prompt: torch.Tensor  # float32 [3, S, S], zero inside the border
     weight: torch.Tensor  # float32 [C, F]
@@ -113,7 +139,8 @@ class ClusterPlan:
 
 
 def plan_cluster(
-    data: ClusterData,
+    n: int,
+    seed: int,
     tcfg: TrainingConfig,
     pcfg: PromptConfig,
     size: int,
@@ -125,10 +152,9 @@ def plan_cluster(
     The draw order is fixed: prompt, weight, bias; then per epoch a permutation and per step
     the crop offsets and the flips.
     """
-    n = int(data.images.shape[0])
     if n == 0:
         raise ValueError("cannot train an empty cluster")
-    gen = torch.Generator().manual_seed(data.seed)
+    gen = torch.Generator().manual_seed(seed)
     mask = border_mask(size, pcfg.width)[0]
     prompt = torch.randn(3, size, size, generator=gen) * pcfg.init_std * mask
     bound = 1.0 / math.sqrt(num_features)
@@ -251,25 +277,30 @@ def _sgd_step(clusters: list[_Cluster], first: bool, tcfg: TrainingConfig, step:
 
 def train_pack(
     backbone: Backbone,
-    datas: Sequence[ClusterData],
+    datas: Sequence[ClusterData] | PackImages,
     tcfg: TrainingConfig,
     pcfg: PromptConfig,
     num_classes: int,
     on_step: Callable[[int], None] | None = None,
 ) -> list[TrainedCluster]:
     """Train every cluster of ``datas`` from scratch, together; results in input order."""
-    if not datas:
+    if not isinstance(datas, PackImages):
+        if not datas:
+            raise ValueError("a pack needs at least one cluster")
+        datas = PackImages.of(datas, tcfg.augment.crop_padding)
+    if not datas.counts:
         raise ValueError("a pack needs at least one cluster")
     start = time.perf_counter()
     device, size = backbone.device, backbone.image_size
-    plans = [plan_cluster(d, tcfg, pcfg, size, num_classes, backbone.num_features) for d in datas]
-    pad = tcfg.augment.crop_padding
-    images = torch.cat([d.images for d in datas]).to(device)
-    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
+    plans = [
+        plan_cluster(n, seed, tcfg, pcfg, size, num_classes, backbone.num_features)
+        for n, seed in zip(datas.counts, datas.seeds)
+    ]
+    padded = datas.padded.to(device)
     bases = [0]
-    for d in datas[:-1]:
-        bases.append(bases[-1] + int(d.images.shape[0]))
-    labels = torch.cat([d.labels for d in datas]).to(device)
+    for n in datas.counts[:-1]:
+        bases.append(bases[-1] + n)
+    labels = datas.labels.to(device)
     clusters = [_Cluster(p, b, device) for p, b in zip(plans, bases)]
     mask = border_mask(size, pcfg.width, device)
     model = backbone.train_step_model
