@@ -14,15 +14,16 @@ design: thread count is part of the numerics).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_load import busy  # noqa: E402  (the same bounded busy loops as the load test)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import run_json  # noqa: E402
 
 SETTINGS = {
     "libgomp default": {"GOMP_SPINCOUNT": "300000", "threads": 2},
@@ -63,18 +64,8 @@ print(json.dumps({"steps_per_s": out.steps / seconds, "checksum": float(out.prom
 
 
 def run(setting: dict, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    env.update({k: v for k, v in setting.items() if k != "threads"})
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(setting["threads"]), str(steps)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"child failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    env = {k: v for k, v in setting.items() if k != "threads"}
+    return run_json(CHILD, setting["threads"], steps, env=env)
 
 
 def main() -> None:

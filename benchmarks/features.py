@@ -20,15 +20,16 @@ a busy machine should slow extraction in proportion to the cores it takes, not c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_load import busy  # noqa: E402  (the same bounded busy loops as the load test)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import run_json  # noqa: E402
 
 CHILD = r"""
 import hashlib, io, json, sys, time
@@ -83,18 +84,7 @@ SPIN = {
 
 
 def run(method: str, images: int, batch: int, env_extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    env.update(env_extra or {})
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, method, str(images), str(batch if method != "single" else 1)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"child failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(CHILD, method, images, batch if method != "single" else 1, env=env_extra)
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ from api_bench import (  # noqa: E402  (the same HTTP helpers as the control-API
     timed,
     write_digits,
 )
+from child import run_json  # noqa: E402
 from daemon_util import BIN, DaemonProc, write_daemon_config  # noqa: E402
 
 
@@ -199,7 +200,6 @@ print(json.dumps({"base_kb": base, "peak_kb": peak, "steps": out.steps, "pad": p
 
 
 def retrain_section(clusters: list[int], root: Path) -> list[str]:
-    import json
 
     from synthetic_digits import make_folder
 
@@ -217,15 +217,7 @@ def retrain_section(clusters: list[int], root: Path) -> list[str]:
     growth = {}
     for n in clusters:
         for way in ("streamed", "in memory"):
-            out = subprocess.run(
-                [sys.executable, "-c", RETRAIN_CHILD, way.split()[0], str(objects), str(n)],
-                capture_output=True,
-                text=True,
-                timeout=3600,
-            )
-            if out.returncode != 0:
-                raise BenchError(f"retrain child failed:\n{out.stderr[-2000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = run_json(RETRAIN_CHILD, way.split()[0], objects, n)
             extra = (r["peak_kb"] - r["base_kb"]) / 1024
             growth.setdefault(way, []).append((n, extra))
             lines.append(f"{n:>8}{way:>10}{extra:>16.1f}{extra * 1024 / n:>10.1f}{r['steps']:>7}")
@@ -298,7 +290,6 @@ DATA_COLUMNS = [
 
 
 def data_section(sizes: list[int], cap: int, verify_upto: int, root: Path) -> list[str]:
-    import json
     import math
 
     from synthetic_digits import make_folder
@@ -307,24 +298,11 @@ def data_section(sizes: list[int], cap: int, verify_upto: int, root: Path) -> li
     results = []
     for n in sizes:
         make_folder(folder / str(n), n)
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                DATA_CHILD,
-                str(folder / str(n)),
-                str(root / f"state-{n}"),
-                str(n),
-                str(cap),
-                "1" if n <= verify_upto else "0",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=6 * 3600,
+        verify_it = "1" if n <= verify_upto else "0"
+        r = run_json(
+            DATA_CHILD, folder / str(n), root / f"state-{n}", n, cap, verify_it, timeout=6 * 3600
         )
-        if out.returncode != 0:
-            raise BenchError(f"data child failed at N={n}:\n{out.stderr[-3000:]}")
-        results.append((n, json.loads(out.stdout.strip().splitlines()[-1])))
+        results.append((n, r))
     lines = [
         f"data: generated digits, Lite0 at 64 px, clusters capped at {cap} images, 1 epoch "
         "(min 20 steps) per cluster, local pool of 1 CPU worker",
