@@ -21,10 +21,13 @@ def sources(make_config, lite0_32):
     with Eraser(cfg, backbone=lite0_32) as er:
         er.ingest()
         rows = er.store.rows("train")
-        yield cfg, [
-            cluster_source(er.store, rows[:20], 32, cfg.seed),
-            cluster_source(er.store, rows[20:27], 32, cfg.seed + 1),
-        ]
+        yield (
+            cfg,
+            [
+                cluster_source(er.store, rows[:20], 32, cfg.seed),
+                cluster_source(er.store, rows[20:27], 32, cfg.seed + 1),
+            ],
+        )
 
 
 @pytest.mark.parametrize("pad", [0, 2])
@@ -34,9 +37,13 @@ def test_read_pack_is_the_in_memory_pack_bit_for_bit(sources, pad):
     in_memory = PackImages.of([s.load() for s in srcs], pad)
     assert torch.equal(streamed.padded, in_memory.padded)
     assert torch.equal(streamed.labels, in_memory.labels)
-    assert (streamed.counts, streamed.seeds) == (in_memory.counts, in_memory.seeds) == (
-        (20, 7),
-        (srcs[0].seed, srcs[1].seed),
+    assert (
+        (streamed.counts, streamed.seeds)
+        == (in_memory.counts, in_memory.seeds)
+        == (
+            (20, 7),
+            (srcs[0].seed, srcs[1].seed),
+        )
     )
     assert streamed.padded.dtype == torch.uint8 and streamed.padded.shape[-1] == 32 + 2 * pad
 
