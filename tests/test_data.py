@@ -171,13 +171,20 @@ def test_state_dir_is_private(tmp_path):
     assert mode(tmp_path / "s" / "secret") == 0o600
 
 
-def test_a_purge_cut_short_before_its_unlinks_is_finished_on_the_next_open(
-    tmp_path, digits_data, monkeypatch
-):
-    src = open_source(DataConfig(source=str(digits_data / "manifest.csv")))
+@pytest.fixture
+def digits_state(tmp_path, digits_data):
+    """A store with the test digits ingested, closed; its state dir."""
     state = tmp_path / "s"
     with Store(state) as store:
-        store.ingest(src, all_train)
+        store.ingest(open_source(DataConfig(source=str(digits_data / "manifest.csv"))), all_train)
+    return state
+
+
+def test_a_purge_cut_short_before_its_unlinks_is_finished_on_the_next_open(
+    digits_state, monkeypatch
+):
+    state = digits_state
+    with Store(state) as store:
         rows = store.resolve(["s0000", "s0001"])
 
         def dies(self, keys):
@@ -196,14 +203,12 @@ def test_a_purge_cut_short_before_its_unlinks_is_finished_on_the_next_open(
 
 
 def test_a_clean_open_lists_no_directory_but_an_interrupted_ingest_is_cleaned(
-    tmp_path, digits_data, monkeypatch
+    digits_state, monkeypatch
 ):
     from pathlib import Path
 
-    src = open_source(DataConfig(source=str(digits_data / "manifest.csv")))
-    state = tmp_path / "s"
+    state = digits_state
     with Store(state) as store:
-        store.ingest(src, all_train)
         n = len(store.rows())
     listed = []
     real_iterdir = Path.iterdir

@@ -122,8 +122,6 @@ class Queue:
             req = self._insert(
                 samples,
                 subjects,
-                len(set(matched)),
-                len(members) - len(known),
                 members,
                 known,
                 deadline if deadline is not None else now + default_deadline_s,
@@ -139,8 +137,6 @@ class Queue:
         self,
         samples: list[str],
         subjects: list[str],
-        expanded: int,
-        new_samples: int,
         members: list[str],
         held: set[str],
         deadline: float,
@@ -150,7 +146,8 @@ class Queue:
         already_forgotten: int,
         already_pending: int,
     ) -> DeletionRequest:
-        """Insert a request and its items; inside the caller's transaction."""
+        """Insert a request, its items and its member hashes (``members``, those in ``held``
+        already named by a pending request); inside the caller's transaction."""
         idem = self._hash("idem:" + idempotency_key) if idempotency_key else None
         db = self._db
         rid = "del_" + secrets.token_hex(10)
@@ -167,12 +164,12 @@ class Queue:
                 now,
                 now,
                 deadline,
-                expanded,
+                len(members),
                 len(subjects),
                 already_forgotten,
                 already_pending,
                 now if state is RequestState.PUBLISHED else None,
-                new_samples if state is RequestState.QUEUED else 0,
+                len(members) - len(held) if state is RequestState.QUEUED else 0,
             ),
         )
         db.executemany(
