@@ -210,13 +210,20 @@ def routing_points(
     rows: list[np.ndarray] = []
     owner: list[int] = []
     for k, members in enumerate(part.members):
-        chosen = list(members)
-        if per_cluster is not None and len(chosen) > per_cluster:
-            ranked_ids = sorted(chosen, key=lambda i: (rank(seed, "routing-point", i), i))
-            chosen = sorted(ranked_ids[:per_cluster])
+        chosen = chosen_points(members, seed, per_cluster)
         rows.extend(features[i] for i in chosen)
         owner.extend([k] * len(chosen))
     return np.stack(rows).astype(np.float32), np.asarray(owner, dtype=np.int64)
+
+
+def chosen_points(members: Sequence[str], seed: int, per_cluster: int | None) -> tuple[str, ...]:
+    """One cluster's routing points: its members of lowest seeded rank, up to
+    ``per_cluster`` (all when None), in id order. Depends on that cluster's members only."""
+    chosen = sorted(members)
+    if per_cluster is not None and len(chosen) > per_cluster:
+        ranked_ids = sorted(chosen, key=lambda i: (rank(seed, "routing-point", i), i))
+        chosen = sorted(ranked_ids[:per_cluster])
+    return tuple(chosen)
 
 
 # ---- the partition ------------------------------------------------------------------------

@@ -39,16 +39,17 @@ def differences(current: Manifest, rebuilt: Manifest, mine: Registry, theirs: Re
         out["prototypes"] = _tensor_diffs(
             mine.get_tensors(current.prototypes), theirs.get_tensors(rebuilt.prototypes)
         )
-    a_pts, b_pts = (m.routing.get("points") for m in (current, rebuilt))
-    if a_pts and b_pts and a_pts != b_pts:
-        out["routing"] = _tensor_diffs(mine.get_tensors(a_pts), theirs.get_tensors(b_pts))
+    for blob in ("points", "routes"):  # every cluster's points (older manifests); test routes
+        a_h, b_h = (m.routing.get(blob) for m in (current, rebuilt))
+        if a_h and b_h and a_h != b_h:
+            out["routing"] = _tensor_diffs(mine.get_tensors(a_h), theirs.get_tensors(b_h))
     new = {c.key: c for c in rebuilt.clusters}
     for a in current.clusters:
         b = new.get(a.key)
         if b is None:
             continue
-        for field in ("prompt", "head"):
-            if getattr(a, field) != getattr(b, field):
+        for field in ("prompt", "head", "points"):
+            if getattr(a, field) and getattr(b, field) and getattr(a, field) != getattr(b, field):
                 out[f"{a.key}.{field}"] = _tensor_diffs(
                     mine.get_tensors(getattr(a, field)), theirs.get_tensors(getattr(b, field))
                 )
@@ -57,6 +58,15 @@ def differences(current: Manifest, rebuilt: Manifest, mine: Registry, theirs: Re
             y = set(theirs.get_json(b.members)["members"])
             out[f"{a.key}.members"] = f"{len(x - y)} only in current, {len(y - x)} only in rebuild"
     return out
+
+
+def _defining(m: Manifest, field: str):
+    """A manifest field as far as it defines the model: the nearest-point lists of routing
+    are an index whose length depends on past deletions (``routetable.Table.lists``)."""
+    value = getattr(m, field)
+    if field == "routing":
+        return {k: v for k, v in value.items() if k != "lists"}
+    return value
 
 
 def compare_manifests(current: Manifest, rebuilt: Manifest, details: dict | None = None) -> dict:
@@ -82,7 +92,7 @@ def compare_manifests(current: Manifest, rebuilt: Manifest, details: dict | None
         "prototypes",
         "routing",
     ):
-        if getattr(current, field) != getattr(rebuilt, field):
+        if _defining(current, field) != _defining(rebuilt, field):
             problems.append(f"{explain('', field)} differs")
     cur = {c.key: c for c in current.clusters}
     new = {c.key: c for c in rebuilt.clusters}
@@ -94,7 +104,7 @@ def compare_manifests(current: Manifest, rebuilt: Manifest, details: dict | None
             continue
         diffs = [
             explain(key, f)
-            for f in ("members", "prompt", "head", "size")
+            for f in ("members", "prompt", "head", "size", "points")
             if getattr(a, f) != getattr(b, f)
         ]
         trained = (a.platform, b.platform)

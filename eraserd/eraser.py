@@ -11,12 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .clustering import (
-    Partition,
-    Routing,
-    merge_heights,
-    routing_points,
-)
+from .clustering import Partition, merge_heights
 from .config import Config
 from .cost import DEFAULT_EVALUATIONS, Replay, Rule, carried
 from .data.sources import open_source
@@ -150,13 +145,6 @@ class Eraser:
             cost = replay.cost(self._rule(), part, evaluations, progress.update, self._steps)
         return cost.to_dict()
 
-    def _routing(self, part: Partition, feats: dict) -> Routing:
-        r = self.cfg.routing
-        if r.method == "prototype":
-            return Routing(part.prototypes)
-        points, owner = routing_points(part, feats, self.cfg.seed, r.points_per_cluster)
-        return Routing(part.prototypes, points, owner, r.neighbors)
-
     def _materialize(
         self,
         part: Partition,
@@ -166,15 +154,14 @@ class Eraser:
         change: Change,
         reuse: Mapping[str, str] | None = None,
     ) -> Manifest:
-        test_feats = {r.sample_id: feats[r.sample_id] for r in test}
         return materialize(
             self.cfg,
             self.store,
             self.registry,
             self.backbone,
             part,
-            self._routing(part, feats),
-            test_feats,
+            feats,
+            test,
             previous,
             change,
             self.executor,

@@ -16,6 +16,10 @@ from .errors import RegistryError
 
 FORMAT = "eraserd.version/1"
 
+ROUTING_BLOBS = ("points", "routes", "lists")
+"""Blobs a manifest's ``routing`` may name: every cluster's routing points in one blob (older
+manifests), the held-out samples' routes, and the nearest-point lists (``routetable.py``)."""
+
 
 @dataclass(frozen=True)
 class ClusterEntry:
@@ -36,6 +40,10 @@ class ClusterEntry:
     test_correct: int
     platform: str | None
     """The numeric platform the prompt and head were trained on (``numerics.py``)."""
+    points: str | None = None
+    """Blob: the cluster's routing points (``points`` float32, ``keys``), for routing by
+    neighbors. None with prototype routing, and in manifests that kept every cluster's points
+    in one ``routing.points`` blob."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClusterEntry:
@@ -51,12 +59,14 @@ class ClusterEntry:
             test_n=int(d.get("test_n", 0)),
             test_correct=int(d.get("test_correct", 0)),
             platform=d.get("platform"),
+            points=d.get("points"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if self.member_set is None:
-            del out["member_set"]
+        for optional in ("member_set", "points"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
 
@@ -230,10 +240,11 @@ class Manifest:
     def blobs(self) -> set[str]:
         """Every blob this version references: what garbage collection keeps."""
         refs = {self.prototypes}
-        if "points" in self.routing:
-            refs.add(self.routing["points"])
+        refs.update(self.routing[k] for k in ROUTING_BLOBS if k in self.routing)
         for c in self.clusters:
             refs.update((c.members, c.prompt, c.head))
+            if c.points is not None:
+                refs.add(c.points)
         return refs
 
     def with_change(self, **changes: Any) -> Manifest:

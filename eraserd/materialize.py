@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .clustering import Partition, Routing
+from . import routetable
+from .clustering import Partition, chosen_points, nearest
 from .config import Config
 from .data.images import canonical_view
 from .data.store import SampleRow, Store
@@ -110,8 +111,8 @@ def materialize(
     registry: Registry,
     backbone: Backbone,
     part: Partition,
-    routing: Routing,
-    test_features: dict[str, np.ndarray],
+    features: Mapping[str, np.ndarray],
+    test: list[SampleRow],
     previous: Manifest | None,
     change: Change,
     executor: Executor,
@@ -119,6 +120,7 @@ def materialize(
 ) -> Manifest:
     """Write every blob of the new version and return its manifest (not yet current).
 
+    ``features`` holds every training member's and every ``test`` sample's feature.
     ``reuse`` maps a cluster key of ``part`` to the key of the ``previous`` cluster whose
     prompt and head it keeps (``unlearning.Decision.reuse``); every other cluster is trained.
     """
@@ -131,14 +133,25 @@ def materialize(
         raise ValueError("clusters can be reused only from a previous version trained alike")
     before = {c.key: c for c in previous.clusters} if reuse and previous else {}
 
-    test_ids = sorted(test_features)
-    routed: list[list[str]] = [[] for _ in part.keys]
-    if test_ids:
-        for sid, k in zip(
-            test_ids,
-            routing.route(np.stack([test_features[i] for i in test_ids])).tolist(),
-        ):
-            routed[k].append(sid)
+    dim = next(iter(features.values())).shape[0]
+    point_blobs: list[str | None] = [None] * len(part.keys)
+    points = None
+    if cfg.routing.method == "neighbors":
+        chosen = [chosen_points(m, cfg.seed, cfg.routing.points_per_cluster) for m in part.members]
+        for k, ids in enumerate(chosen):
+            point_blobs[k] = points_blob(
+                registry, [by_id[i].key for i in ids], [features[i] for i in ids], dim
+            )
+        points = table_points(
+            [[by_id[i].key for i in ids] for ids in chosen],
+            [[features[i] for i in ids] for ids in chosen],
+            dim,
+        )
+    test_by_key = {r.key: r for r in test}
+    keys = sorted(test_by_key)
+    rows = np.stack([features[test_by_key[k].sample_id] for k in keys]) if keys else None
+    table = route_table(cfg, part.prototypes, points, keys, rows)
+    routed = routed_rows(table, test_by_key, len(part.keys))
 
     plans = []
     for k, key in enumerate(part.keys):
@@ -151,76 +164,209 @@ def materialize(
             }
         )
         mset = member_set_hash(member_keys)
-        test_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in routed[k])).encode())
         old = before[reuse[key]] if key in reuse else None
         if old is not None and _member_set(registry, old) != mset:
             raise ValueError(f"cluster {key}: reused from {old.key}, whose members differ")
-        plans.append((k, key, members, mblob, mset, test_hash, old))
+        plans.append(
+            Plan(
+                key=key,
+                rows=[by_id[i] for i in members],
+                sample_count=sum(1 for i in members if i in part.sample),
+                members=mblob,
+                member_set=mset,
+                points=point_blobs[k],
+                test=routed[k],
+                old=old,
+            )
+        )
+    clusters, results = train_and_evaluate(cfg, store, registry, backbone, classes, plans, executor)
+    sample_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in part.sample)).encode())
+    return assemble_manifest(
+        cfg,
+        registry,
+        backbone,
+        classes,
+        fp_train,
+        clusters,
+        registry.put_tensors({"prototypes": torch.from_numpy(part.prototypes.copy())}),
+        routing_entry(cfg, registry, table),
+        {"sample_count": len(part.sample), "sample_hash": sample_hash},
+        change,
+        results,
+        started,
+    )
 
+
+# ---- the pieces both a build and a forget without reclustering (``delta.py``) use --------
+
+
+@dataclass
+class Plan:
+    """One cluster of the new version: its data, and the cluster it keeps blobs from."""
+
+    key: str
+    rows: list[SampleRow]
+    """Its members, in sample-id order (only read when it is trained)."""
+    sample_count: int
+    members: str
+    member_set: str
+    points: str | None
+    test: list[SampleRow]
+    """The held-out samples routed to it, in sample-id order."""
+    old: ClusterEntry | None
+    """The cluster whose prompt and head it keeps; None: trained from scratch."""
+    test_members: str | None = None
+    """Hash of the keys of ``test``; computed when None."""
+
+
+def points_blob(registry: Registry, keys: list[str], feats: list[np.ndarray], dim: int) -> str:
+    """One cluster's routing points (in id order) and their keys."""
+    arr = np.stack(feats).astype(np.float32) if feats else np.zeros((0, dim), np.float32)
+    kb = routetable.key_bytes(keys)
+    return registry.put_tensors(
+        {"points": torch.from_numpy(arr), "keys": torch.from_numpy(routetable.as_u8(kb))}
+    )
+
+
+def table_points(
+    keys: list[list[str]], feats: list[list[np.ndarray]], dim: int
+) -> routetable.Points:
+    """Every cluster's routing points, in cluster order, as the table needs them: float32
+    values (as stored) widened to float64."""
+    flat = [f for fs in feats for f in fs]
+    return routetable.Points(
+        features=(np.stack(flat) if flat else np.zeros((0, dim), np.float32))
+        .astype(np.float32)
+        .astype(np.float64),
+        pos=np.concatenate([np.full(len(ks), k, dtype=np.int64) for k, ks in enumerate(keys)]),
+        keys=routetable.key_bytes([k for ks in keys for k in ks]),
+    )
+
+
+def route_table(
+    cfg: Config,
+    prototypes: np.ndarray,
+    points: routetable.Points | None,
+    keys: list[str],
+    rows: np.ndarray | None,
+) -> routetable.Table:
+    """Where each held-out sample (``keys``, sorted, with feature ``rows``) routes."""
+    kb = routetable.key_bytes(keys)
+    if points is None:
+        table = routetable.empty(len(keys), 0)
+        table.keys[:] = kb
+        if rows is not None:
+            table.route[:] = nearest(rows, prototypes)
+        return table
+    k = cfg.routing.neighbors
+    rows = rows if rows is not None else np.zeros((0, points.features.shape[1]))
+    return routetable.build(kb, rows, points, k, routetable.depth_for(k))
+
+
+def routing_entry(cfg: Config, registry: Registry, table: routetable.Table) -> dict[str, Any]:
+    """The manifest's ``routing``: the method, the held-out routes and (by neighbors) the
+    nearest-point lists (``routetable.Table.lists``)."""
+
+    def put(arrays: dict[str, np.ndarray]) -> str:
+        return registry.put_tensors(
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        )
+
+    route: dict[str, Any] = {"method": cfg.routing.method, "routes": put(table.routes())}
+    if cfg.routing.method == "neighbors":
+        route["neighbors"] = cfg.routing.neighbors
+        route["lists"] = put(table.lists())
+    return route
+
+
+def routed_rows(
+    table: routetable.Table, test_by_key: Mapping[str, SampleRow], clusters: int
+) -> list[list[SampleRow]]:
+    """Per cluster position, its held-out samples in sample-id order."""
+    out: list[list[SampleRow]] = [[] for _ in range(clusters)]
+    for k, keys in table.routed().items():
+        out[k] = sorted((test_by_key[key] for key in keys), key=lambda r: r.sample_id)
+    return out
+
+
+def test_members_hash(rows: list[SampleRow]) -> str:
+    return sha256_hex("\n".join(sorted(r.key for r in rows)).encode())
+
+
+def train_and_evaluate(
+    cfg: Config,
+    store: Store,
+    registry: Registry,
+    backbone: Backbone,
+    classes: list[str],
+    plans: list[Plan],
+    executor: Executor,
+) -> tuple[list[ClusterEntry], dict]:
+    """Train every planned cluster that keeps no blobs, then evaluate each cluster whose
+    prompt, head or routed held-out samples changed. Returns entries in plan order."""
     jobs = []
-    for _, key, members, _, _, _, old in plans:
-        if old is None:
-            rows = [by_id[i] for i in members]
-            source = cluster_source(store, rows, backbone.image_size, cfg.seed)
+    for p in plans:
+        if p.old is None:
+            source = cluster_source(store, p.rows, backbone.image_size, cfg.seed)
+            n = len(p.rows)
             jobs.append(
                 RetuneJob(
-                    key,
-                    float(len(members) * cfg.training.epochs_for(len(members))),
-                    len(classes),
-                    source.load,
-                    source,
+                    p.key, float(n * cfg.training.epochs_for(n)), len(classes), source.load, source
                 )
             )
     with bar(total=sum(j.cost for j in jobs), desc="retune", unit="img-step") as progress:
         results = executor.run(jobs, on_done=lambda job, res: progress.update(job.cost))
     clusters: list[ClusterEntry] = []
-    retrained: list[str] = []
-    for k, key, members, mblob, mset, test_hash, old in plans:
+    for p in plans:
+        old = p.old
         if old is not None:
-            prompt_h, head_h = old.prompt, old.head
-            platform = old.platform
+            prompt_h, head_h, platform = old.prompt, old.head, old.platform
         else:
-            result = results[key]
+            result = results[p.key]
             prompt_h = registry.put_tensors({"prompt": result.prompt})
             head_h = registry.put_tensors({"weight": result.weight, "bias": result.bias})
             platform = numeric_platform(result.device)
-            retrained.append(key)
-        if (
-            old is not None
-            and old.test_members == test_hash
-            and (old.prompt, old.head) == (prompt_h, head_h)
-        ):
+        test_hash = p.test_members or test_members_hash(p.test)
+        if old is not None and old.test_members == test_hash:
             test_n, correct = old.test_n, old.test_correct
         else:
-            test_n, correct = _evaluate(
-                store, registry, backbone, prompt_h, head_h, [by_id[i] for i in routed[k]]
-            )
+            test_n, correct = _evaluate(store, registry, backbone, prompt_h, head_h, p.test)
         clusters.append(
             ClusterEntry(
-                key=key,
-                size=len(members),
-                sample_count=sum(1 for i in members if i in part.sample),
-                members=mblob,
-                member_set=mset,
+                key=p.key,
+                size=len(p.rows),
+                sample_count=p.sample_count,
+                members=p.members,
+                member_set=p.member_set,
                 prompt=prompt_h,
                 head=head_h,
                 test_members=test_hash,
                 test_n=test_n,
                 test_correct=correct,
                 platform=platform,
+                points=p.points,
             )
         )
+    return clusters, results
 
-    protos_h = registry.put_tensors({"prototypes": torch.from_numpy(part.prototypes.copy())})
-    route: dict[str, Any] = {"method": cfg.routing.method}
-    if routing.points is not None:
-        route["neighbors"] = routing.neighbors
-        route["points"] = registry.put_tensors(
-            {"points": torch.from_numpy(routing.points), "owner": torch.from_numpy(routing.owner)}
-        )
+
+def assemble_manifest(
+    cfg: Config,
+    registry: Registry,
+    backbone: Backbone,
+    classes: list[str],
+    fp_train: str,
+    clusters: list[ClusterEntry],
+    prototypes: str,
+    routing: dict[str, Any],
+    clustering: dict[str, Any],
+    change: Change,
+    results: Mapping,
+    started: float,
+) -> Manifest:
     test_n = sum(c.test_n for c in clusters)
+    retrained = tuple(c.key for c in clusters if c.key in results)
     cur = registry.current()
-    sample_hash = sha256_hex("\n".join(sorted(by_id[i].key for i in part.sample)).encode())
     return Manifest(
         version=registry.next_version(),
         parent=cur[0] if cur else None,
@@ -232,9 +378,9 @@ def materialize(
         classes=tuple(classes),
         train_fingerprint=fp_train,
         cluster_fingerprint=cluster_fingerprint(cfg, backbone),
-        clustering={"sample_count": len(part.sample), "sample_hash": sample_hash},
-        prototypes=protos_h,
-        routing=route,
+        clustering=clustering,
+        prototypes=prototypes,
+        routing=routing,
         clusters=tuple(clusters),
         samples={"train": sum(c.size for c in clusters), "test": test_n},
         accuracy=(sum(c.test_correct for c in clusters) / test_n) if test_n else None,
@@ -243,7 +389,7 @@ def materialize(
             kind=change.kind,
             forgotten=change.forgotten,
             reclustered=change.reclustered,
-            retrained=tuple(retrained),
+            retrained=retrained,
             reused=len(clusters) - len(retrained),
             jobs={
                 k: JobRecord(round(r.seconds, 3), r.device, r.attempts)

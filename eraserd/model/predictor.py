@@ -72,12 +72,28 @@ class Predictor:
             )
         protos = registry.get_tensors(m.prototypes, "prototypes")["prototypes"].numpy()
         route = m.routing
-        if "points" in route:
+        if "points" in route:  # every cluster's points in one blob (older manifests)
             pts = registry.get_tensors(route["points"], "routing points")
             routing = Routing(
                 protos,
                 pts["points"].numpy().astype(np.float64),
                 pts["owner"].numpy(),
+                int(route["neighbors"]),
+            )
+        elif route.get("method") == "neighbors":
+            points = []
+            for c in m.clusters:
+                if c.points is None:
+                    raise RegistryError(
+                        f"version {m.version}: cluster {c.key} has no routing points"
+                    )
+                blob = registry.get_tensors(c.points, f"cluster {c.key} routing points")
+                points.append(blob["points"].numpy())
+            owner = [np.full(len(p), k, dtype=np.int64) for k, p in enumerate(points)]
+            routing = Routing(
+                protos,
+                np.concatenate(points).astype(np.float64),
+                np.concatenate(owner),
                 int(route["neighbors"]),
             )
         else:
