@@ -21,7 +21,7 @@ new partition and keeps the replayed ones until the training set has shrunk by
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -196,9 +196,17 @@ class _Direct:
 
 def _direct(part: Partition, steps: Callable[[int], float]) -> _Direct:
     """The terms of a non-sample deletion, exact on ``part``."""
-    sizes = np.array(part.sizes(), dtype=np.float64)
+    in_sample = [sum(1 for i in m if i in part.sample) for m in part.members]
+    return _direct_of(part.sizes(), in_sample, steps)
+
+
+def _direct_of(
+    cluster_sizes: Sequence[int], sample_counts: Sequence[int], steps: Callable[[int], float]
+) -> _Direct:
+    """``_direct`` from each cluster's size and clustering-sample count, in cluster order."""
+    sizes = np.array(cluster_sizes, dtype=np.float64)
     n = int(sizes.sum())
-    in_sample = np.array([sum(1 for i in m if i in part.sample) for m in part.members])
+    in_sample = np.array(sample_counts)
     s = int(in_sample.sum())
     outside = sizes - in_sample
     direct = float((outside * (sizes - 1)).sum() / ((n - s) * (n - 1))) if n > s else 0.0
@@ -229,9 +237,20 @@ def carried(
     """The cost of ``part`` after deletions that kept the clustering: direct terms exact, the
     recluster terms of ``previous`` (a ``to_dict``) kept. None when they must be replayed:
     ``previous`` predates them, or the data has shrunk by ``REPLAY_DRIFT`` since."""
+    in_sample = [sum(1 for i in m if i in part.sample) for m in part.members]
+    return carried_sizes(previous, part.sizes(), in_sample, steps)
+
+
+def carried_sizes(
+    previous: Mapping,
+    sizes: Sequence[int],
+    sample_counts: Sequence[int],
+    steps: Callable[[int], float] = float,
+) -> RetrainCost | None:
+    """``carried`` from each cluster's size and clustering-sample count, in cluster order."""
     if "replayed_train" not in previous:
         return None
-    d = _direct(part, steps)
+    d = _direct_of(sizes, sample_counts, steps)
     if d.train <= 1 or d.train < (1 - REPLAY_DRIFT) * previous["replayed_train"]:
         return None
     keys = (

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import delta
 from .clustering import Partition, merge_heights
 from .config import Config
 from .cost import DEFAULT_EVALUATIONS, Replay, Rule, carried
@@ -223,6 +224,44 @@ class Eraser:
         if not rows:
             return ForgetResult(manifest.version, 0, [], [], False, manifest)
         self.check_blobs(manifest)  # never build a new version on top of a corrupt one
+        fp_train = train_fingerprint(
+            self.cfg, self.backbone, self.store.classes(), self.executor.device_kind()
+        )
+        parent = manifest
+        fast = delta.plan(
+            self.cfg,
+            self.store,
+            self.registry,
+            self.backbone,
+            manifest,
+            rows,
+            fp_train,
+            self._steps,
+        )
+        if fast is not None:  # the clustering stays: touch only the clusters that change
+            emit("retuning")
+            change = Change("forget", len(rows), False, batch, fast.affected, fast.cost)
+            manifest = fast.materialize(change, self.executor)
+        else:
+            manifest = self._forget_in_full(manifest, rows, batch, fp_train, emit)
+        # What the purge will delete: the blobs only the parent used (named in certificates).
+        manifest = manifest.with_change(superseded=tuple(sorted(parent.blobs() - manifest.blobs())))
+        sha = self.registry.write_version(manifest)
+        emit("written")
+        self.registry.swap(manifest.version, sha)
+        emit("swapped")
+        emit("purging")
+        return self._finish(manifest, rows, subject_ids)
+
+    def _forget_in_full(
+        self,
+        manifest: Manifest,
+        rows: list[SampleRow],
+        batch: str | None,
+        fp_train: str,
+        emit: Callable[[str], None],
+    ) -> Manifest:
+        """Decide on the whole partition (``unlearning.decide``) and materialize it."""
         old = self.current_partition(manifest)
         gone = {r.sample_id for r in rows}
         live_train = [r for r in self.store.rows("train") if r.sample_id not in gone]
@@ -230,9 +269,6 @@ class Eraser:
         if not live_train:
             raise DataError("refusing to forget every training sample; nothing was changed")
         feats = ensure_features(self.store, self.backbone, live_test + live_train)
-        fp_train = train_fingerprint(
-            self.cfg, self.backbone, self.store.classes(), self.executor.device_kind()
-        )
         # A retry after a crash between swap and purge finds the ids already out of the model:
         # the decision ignores ids that are no training member.
         decision = decide(
@@ -250,16 +286,7 @@ class Eraser:
         cost = self._cost(part, live_train, feats, previous=manifest.cost if same else None)
         emit("retuning")
         change = Change("forget", len(rows), decision.recluster, batch, decision.affected, cost)
-        parent = manifest
-        manifest = self._materialize(part, feats, live_test, parent, change, decision.reuse)
-        # What the purge will delete: the blobs only the parent used (named in certificates).
-        manifest = manifest.with_change(superseded=tuple(sorted(parent.blobs() - manifest.blobs())))
-        sha = self.registry.write_version(manifest)
-        emit("written")
-        self.registry.swap(manifest.version, sha)
-        emit("swapped")
-        emit("purging")
-        return self._finish(manifest, rows, subject_ids)
+        return self._materialize(part, feats, live_test, manifest, change, decision.reuse)
 
     def _finish(self, manifest: Manifest, rows: list[SampleRow], subject_ids) -> ForgetResult:
         """Erase the forgotten samples and every superseded version (idempotent)."""
@@ -306,8 +333,9 @@ class Eraser:
         return len(dropped)
 
     def check_blobs(self, manifest: Manifest) -> None:
+        """Every blob of ``manifest`` is present and intact (``Registry.check_blob``)."""
         for digest in sorted(manifest.blobs()):
-            self.registry.get_blob(digest)
+            self.registry.check_blob(digest)
 
     # ---- inspect --------------------------------------------------------------------------
 

@@ -170,6 +170,7 @@ def materialize(
         plans.append(
             Plan(
                 key=key,
+                size=len(members),
                 rows=[by_id[i] for i in members],
                 sample_count=sum(1 for i in members if i in part.sample),
                 members=mblob,
@@ -205,8 +206,9 @@ class Plan:
     """One cluster of the new version: its data, and the cluster it keeps blobs from."""
 
     key: str
+    size: int
     rows: list[SampleRow]
-    """Its members, in sample-id order (only read when it is trained)."""
+    """Its members, in sample-id order: read only when it is trained."""
     sample_count: int
     members: str
     member_set: str
@@ -334,7 +336,7 @@ def train_and_evaluate(
         clusters.append(
             ClusterEntry(
                 key=p.key,
-                size=len(p.rows),
+                size=p.size,
                 sample_count=p.sample_count,
                 members=p.members,
                 member_set=p.member_set,

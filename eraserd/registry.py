@@ -32,6 +32,8 @@ class Registry:
         self.root = Path(state_dir) / "registry"
         self.blobs = self.root / "blobs"
         self.versions = self.root / "versions"
+        self._verified: dict[str, tuple[int, int, int, int]] = {}
+        """Blobs known intact: digest -> the file's stat signature when they were."""
 
     def _ensure(self) -> None:
         self.blobs.mkdir(parents=True, exist_ok=True)
@@ -49,7 +51,27 @@ class Registry:
         if not path.exists():
             path.parent.mkdir(exist_ok=True)
             atomic_write(path, data)
+        self._seen(digest, path)
         return digest
+
+    def _seen(self, digest: str, path: Path) -> None:
+        """Remember that ``path`` held ``digest``'s bytes, as of its current stat."""
+        try:
+            self._verified[digest] = _signature(path)
+        except FileNotFoundError:
+            self._verified.pop(digest, None)
+
+    def check_blob(self, digest: str, what: str = "blob") -> None:
+        """Raise ``CorruptBlobError`` unless the blob is present and intact. A blob this
+        registry object wrote or read intact is not hashed again while its file's size,
+        mtime and inode are unchanged; any rewrite of the file is hashed again."""
+        path = self._blob_path(digest)
+        try:
+            if self._verified.get(digest) == _signature(path):
+                return
+        except FileNotFoundError:
+            pass
+        self.get_blob(digest, what)
 
     def get_blob(self, digest: str, what: str = "blob") -> bytes:
         path = self._blob_path(digest)
@@ -63,6 +85,7 @@ class Registry:
             raise CorruptBlobError(
                 f"{what}: blob {digest[:12]} is corrupt (hash mismatch in {path})"
             )
+        self._seen(digest, path)
         return data
 
     def put_tensors(self, tensors: dict[str, torch.Tensor]) -> str:
@@ -154,3 +177,8 @@ class Registry:
                 sub.rmdir()
         fsync_dir(self.versions)
         return removed
+
+
+def _signature(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)

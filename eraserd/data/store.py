@@ -260,6 +260,31 @@ class Store:
         rows.sort(key=lambda r: r.sample_id)
         return rows
 
+    def rows_by_keys(self, keys: Iterable[str]) -> list[SampleRow]:
+        """The live samples with these keys, sorted by sample id (unknown keys are left out):
+        one index lookup each."""
+        keys = list(keys)
+        out: list[SampleRow] = []
+        for start in range(0, len(keys), _IN_CHUNK):
+            part = keys[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            out.extend(
+                SampleRow(*r)
+                for r in self._db.execute(
+                    "SELECT sample_id, subject_id, label, split, key FROM samples "
+                    f"WHERE key IN ({marks})",
+                    part,
+                )
+            )
+        out.sort(key=lambda r: r.sample_id)
+        return out
+
+    def count(self, split: str) -> int:
+        """Live samples of one split."""
+        return int(
+            self._db.execute("SELECT COUNT(*) FROM samples WHERE split = ?", (split,)).fetchone()[0]
+        )
+
     def read_object(self, row: SampleRow) -> bytes:
         return (self.objects / row.key).read_bytes()
 
