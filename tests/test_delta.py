@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import tree_bytes
 
 from eraserd import delta, routetable
 from eraserd.checks import verify
@@ -78,9 +79,19 @@ def non_sample(er: Eraser, n: int, skip: int = 0) -> list[str]:
 def forget_both(cfg_a, cfg_b, lite0_32, monkeypatch, spy, ids) -> tuple[Manifest, Manifest]:
     with Eraser(cfg_a, backbone=lite0_32) as er:
         fast_parent = er.registry.load()
+        rows = er.store.rows_by_keys(er.store.key_of(i) for i in ids)
+        feats = er.store.cached_features([r.key for r in rows], lite0_32.feature_key)
+        needles = {f"id {r.sample_id}": r.sample_id.encode() for r in rows}
+        for r in rows:
+            needles[f"key of {r.sample_id}"] = r.key.encode()
+            needles[f"key bytes of {r.sample_id}"] = bytes.fromhex(r.key)
+            needles[f"feature of {r.sample_id}"] = np.asarray(feats[r.key]).tobytes()
         fast = er.forget(sample_ids=ids).manifest
         fast_table = table_of(er)
     assert spy[-1] is True, "the delta path should have been taken"
+    for path, data in tree_bytes(cfg_a.state_dir):  # the delta path leaves no trace either
+        for what, needle in needles.items():
+            assert needle not in data, f"{what} found in {path}"
     with monkeypatch.context() as m:
         m.setattr(delta, "plan", lambda *a, **k: None)
         with Eraser(cfg_b, backbone=lite0_32) as er:
@@ -187,3 +198,48 @@ def test_a_delta_forget_reads_only_the_clusters_it_changes(make_config, lite0_32
         result = er.forget(sample_ids=victim)
     assert spy == [True]
     assert read == result.affected and len(m.clusters) == 6
+
+
+@pytest.mark.slow
+def test_a_version_with_every_point_in_one_blob_is_served_and_rewritten(
+    make_config, lite0_32, spy, digits_data
+):
+    """Manifests written before per-cluster routing points keep every point in one
+    ``routing.points`` blob and have no routes: served alike, and their next forget takes
+    the full path and writes the new layout."""
+    import dataclasses
+
+    import torch
+
+    cfg = make_config("a")
+    with Eraser(cfg, backbone=lite0_32) as er:
+        m = er.build()
+        pts = [er.registry.get_tensors(c.points)["points"] for c in m.clusters]
+        owner = torch.cat([torch.full((len(p),), k, dtype=torch.int64) for k, p in enumerate(pts)])
+        old_points = er.registry.put_tensors({"points": torch.cat(pts), "owner": owner})
+        old = dataclasses.replace(
+            m,
+            routing={
+                "method": "neighbors",
+                "neighbors": m.routing["neighbors"],
+                "points": old_points,
+            },
+            clusters=tuple(dataclasses.replace(c, points=None) for c in m.clusters),
+        )
+        images = sorted((digits_data / "img").glob("*.png"))[:12]
+        new_pred = [
+            (p.label, p.cluster)
+            for p in map(er.predictor().predict_bytes, [i.read_bytes() for i in images])
+        ]
+        er.registry.swap(old.version, er.registry.write_version(old))
+        assert er.registry.load().routing == old.routing
+        old_pred = [
+            (p.label, p.cluster)
+            for p in map(er.predictor().predict_bytes, [i.read_bytes() for i in images])
+        ]
+        assert old_pred == new_pred
+        result = er.forget(sample_ids=non_sample(er, 1))
+        assert spy == [False]
+        assert "routes" in result.manifest.routing and "points" not in result.manifest.routing
+        assert all(c.points for c in result.manifest.clusters)
+        assert verify(er)["identical"]
