@@ -20,7 +20,7 @@ from .data.store import SampleRow, Store
 from .errors import DataError, RegistryError
 from .executor import Executor, create_executor
 from .ids import unit_interval
-from .manifest import Manifest
+from .manifest import ROUTING_BLOBS, Manifest
 from .materialize import Change, cluster_fingerprint, config_hash, materialize, train_fingerprint
 from .model.backbone import Backbone, load_backbone
 from .model.features import ensure_features
@@ -352,7 +352,7 @@ class Eraser:
             "clusters": len(m.clusters),
             "cluster_sizes": m.sizes,
             "accuracy": m.accuracy,
-            "routing": {k: v for k, v in m.routing.items() if k != "points"},
+            "routing": {k: v for k, v in m.routing.items() if k not in ROUTING_BLOBS},
             "change": m.change.to_dict(),
             "expected_retrain_share": cost["expected_retrain_share"],
             "largest_cluster_share": cost["largest_share"],
