@@ -28,8 +28,9 @@ holds on the clustering sample's estimate, so assigned points can overshoot it).
 ingest, features, clustering, build, the forget of one training point outside the
 clustering sample (the median of three, each from one of the clusters whose size is nearest
 the cap, split into the retrain job and the rest), and verify (up to 20k), and reports the
-store's size and peak RSS (the process, and its largest worker), then the growth exponent
-of each from the first N to the last (t ~ N^k).
+store's size and peak RSS (the process, and its largest worker), then the peak RSS of one
+more forget in a fresh process (the process, and its worker: one retrain alone), then the
+growth exponent of each from the first N to the last (t ~ N^k).
 
     .venv/bin/python benchmarks/scale.py --queue [--pending 0 50000 100000]
     .venv/bin/python benchmarks/scale.py --retrain [--clusters 500 2000 8000]
@@ -232,8 +233,22 @@ def retrain_section(clusters: list[int], root: Path) -> list[str]:
     return lines
 
 
+FORGET_RSS = r"""
+import json, resource, sys
+from eraserd.config import config_from_dict
+from eraserd.eraser import Eraser
+
+with Eraser(config_from_dict(json.loads(sys.argv[1]))) as er:
+    res = er.forget(sample_ids=[sys.argv[2]])
+print(json.dumps({
+    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+}))
+"""
+
 DATA_CHILD = r"""
-import json, resource, statistics, sys, time
+import json, resource, statistics, subprocess, sys, time
+FORGET_RSS = FORGET_RSS_SOURCE
 from pathlib import Path
 from eraserd.checks import verify
 from eraserd.config import config_from_dict
@@ -286,7 +301,8 @@ with Eraser(cfg) as er:
             members[s["cluster"]] = members.get(s["cluster"], 0) + 1
             if not s["in_clustering_sample"]:
                 outside.setdefault(s["cluster"], []).append(s["sample_id"])
-    near = sorted((abs(m - cap), k) for k, m in members.items() if outside.get(k))[:FORGETS]
+    near = sorted((abs(m - cap), k) for k, m in members.items() if outside.get(k))
+    near, spare = near[:FORGETS], near[FORGETS]
     total, retrain, sizes = [], [], []
     for _, k in near:
         t = time.perf_counter(); res = er.forget(sample_ids=[min(outside[k])])
@@ -303,11 +319,21 @@ with Eraser(cfg) as er:
     if do_verify:
         t = time.perf_counter(); v = verify(er); out["verify_s"] = time.perf_counter() - t
         out["verify_identical"] = bool(v.get("identical"))
+# One more forget in a fresh process, with a fresh worker: the peak RSS of a forget and of
+# its retrain alone (the pool's worker above also ran the build and the verify).
+rss = subprocess.run(
+    [sys.executable, "-c", FORGET_RSS, json.dumps(raw), min(outside[spare[1]])],
+    capture_output=True, text=True, check=True,
+)
+once = json.loads(rss.stdout.strip().splitlines()[-1])
+out["forget_rss_mb"], out["retrain_rss_mb"] = once["rss_mb"], once["worker_rss_mb"]
 out["store_mb"] = sum(p.stat().st_size for p in Path(state).rglob("*") if p.is_file()) / 1e6
 out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 out["worker_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps(out))
 """
+
+DATA_CHILD = DATA_CHILD.replace("FORGET_RSS_SOURCE", repr(FORGET_RSS))
 
 DATA_COLUMNS = [
     ("ingest_s", "ingest s"),
@@ -321,6 +347,8 @@ DATA_COLUMNS = [
     ("store_mb", "store MB"),
     ("rss_mb", "RSS MB"),
     ("worker_rss_mb", "worker MB"),
+    ("forget_rss_mb", "forget MB"),
+    ("retrain_rss_mb", "retrain MB"),
 ]
 
 
@@ -363,6 +391,11 @@ def data_section(sizes: list[int], cap: int, verify_upto: int, root: Path) -> li
             f"(median of {len(r0['forget_sizes'])}; clusters of {r0['forget_sizes']} and "
             f"{r1['forget_sizes']} images; {r0['forget_delta']} and {r1['forget_delta']} "
             "took the delta path)"
+        )
+        lines.append(
+            f"peak RSS of one forget's retrain (a fresh worker): "
+            f"x{r1['retrain_rss_mb'] / r0['retrain_rss_mb']:.2f}; of the forgetting process: "
+            f"x{r1['forget_rss_mb'] / r0['forget_rss_mb']:.2f}"
         )
     return lines
 
