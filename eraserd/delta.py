@@ -130,16 +130,21 @@ def plan(
     blobs, where = found
     gone = {r.key for r in train}
 
+    kept = {pos: [k for k in blobs[pos]["members"] if k not in gone] for pos in set(where.values())}
+    if not all(kept.values()):
+        return _full("a cluster would be emptied")
+    sizes = [len(kept[k]) if k in kept else c.size for k, c in enumerate(previous.clusters)]
+    counts = [c.sample_count for c in previous.clusters]
+    cost = carried_sizes(previous.cost, sizes, counts, steps)
+    if cost is None:
+        return _full("the deletion cost must be replayed")
+
     plans: dict[int, Plan] = {}
     removed: list[str] = []
     added: list[tuple[int, str]] = []
     new_points: NewPoints = {}
-    for pos in sorted(set(where.values())):
-        old = previous.clusters[pos]
-        blob = blobs[pos]
-        keys = [k for k in blob["members"] if k not in gone]
-        if not keys:
-            return _full("a cluster would be emptied")
+    for pos in sorted(kept):
+        old, blob, keys = previous.clusters[pos], blobs[pos], kept[pos]
         members = store.rows_by_keys(keys)
         if len(members) != len(keys):
             return _full("a cluster names samples the store does not hold")
@@ -170,12 +175,6 @@ def plan(
             test=[],
             old=None,
         )
-
-    sizes = [p.size if (p := plans.get(k)) else c.size for k, c in enumerate(previous.clusters)]
-    counts = [c.sample_count for c in previous.clusters]
-    cost = carried_sizes(previous.cost, sizes, counts, steps)
-    if cost is None:
-        return _full("the deletion cost must be replayed")
 
     old_table = _load_table(registry, previous)
     if neighbors:
