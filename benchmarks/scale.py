@@ -27,14 +27,14 @@ bounded clusters (``max_cluster_share`` = CAP / N: the cheap-forgetting settings
 holds on the clustering sample's estimate, so assigned points can overshoot it). It times
 ingest, features, clustering, build, the forget of one training point outside the
 clustering sample (the median of three, each from one of the clusters whose size is nearest
-the cap, split into the retrain job and the rest), and verify (up to 20k), and reports the
+half the cap, split into the retrain job and the rest), and verify (up to 20k), and reports the
 store's size and peak RSS (the process, and its largest worker), then the peak RSS of one
 more forget in a fresh process (the process, and its worker: one retrain alone), then the
 growth exponent of each from the first N to the last (t ~ N^k).
 
     .venv/bin/python benchmarks/scale.py --queue [--pending 0 50000 100000]
     .venv/bin/python benchmarks/scale.py --retrain [--clusters 500 2000 8000]
-    .venv/bin/python benchmarks/scale.py --data [--full] [--cap 100]
+    .venv/bin/python benchmarks/scale.py --data [--full] [--cap 100] [--verify-upto 20000]
 """
 
 from __future__ import annotations
@@ -238,12 +238,19 @@ import json, resource, sys
 from eraserd.config import config_from_dict
 from eraserd.eraser import Eraser
 
+def peak_mb(pid="self"):
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child would
+    # report its parent's peak.
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+
 with Eraser(config_from_dict(json.loads(sys.argv[1]))) as er:
     res = er.forget(sample_ids=[sys.argv[2]])
-print(json.dumps({
-    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-}))
+    workers = [pid for pids in er.executor.worker_pids().values() for pid in pids]
+    out = {"rss_mb": peak_mb(), "worker_rss_mb": max(peak_mb(p) for p in workers)}
+print(json.dumps(out))
 """
 
 DATA_CHILD = r"""
@@ -294,14 +301,15 @@ with Eraser(cfg) as er:
     out["clusters"], out["largest"] = len(part.keys), max(len(m) for m in part.members)
     t = time.perf_counter(); er.build(); out["build_s"] = time.perf_counter() - t
     # Victims: one point outside the clustering sample from each of the FORGETS clusters
-    # whose size is nearest the cap, so that the retrain is alike at every N.
+    # whose size is nearest half the cap, so that the retrain is alike at every N (at 2k no
+    # cluster reaches the cap).
     members, outside = {}, {}
     for s in er.samples():
         if s["cluster"] is not None:
             members[s["cluster"]] = members.get(s["cluster"], 0) + 1
             if not s["in_clustering_sample"]:
                 outside.setdefault(s["cluster"], []).append(s["sample_id"])
-    near = sorted((abs(m - cap), k) for k, m in members.items() if outside.get(k))
+    near = sorted((abs(m - cap // 2), k) for k, m in members.items() if outside.get(k))
     near, spare = near[:FORGETS], near[FORGETS]
     total, retrain, sizes = [], [], []
     for _, k in near:
@@ -409,6 +417,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     ap.add_argument("--full", action="store_true", help="add N=100000 to the data section")
     ap.add_argument("--cap", type=int, default=100, help="largest cluster, in images")
+    ap.add_argument("--verify-upto", type=int, default=20_000, help="largest N to verify")
     ap.add_argument("--pending", type=int, nargs="+", default=[0, 50_000, 100_000])
     ap.add_argument("--n", type=int, default=300, help="submissions per phase")
     ap.add_argument("--gets", type=int, default=300, help="GETs per endpoint and level")
@@ -422,7 +431,7 @@ def main() -> None:
     if a.data:
         sizes = sorted(set(a.sizes + ([100_000] if a.full else [])))
         with tempfile.TemporaryDirectory(prefix="eraserd-scale-", dir=a.dir) as tmp:
-            lines += data_section(sizes, a.cap, 20_000, Path(tmp))
+            lines += data_section(sizes, a.cap, a.verify_upto, Path(tmp))
     if a.retrain:
         with tempfile.TemporaryDirectory(prefix="eraserd-scale-", dir=a.dir) as tmp:
             lines += retrain_section(sorted(a.clusters), Path(tmp))
