@@ -142,6 +142,20 @@ def nearest_entries(feature: np.ndarray, points: Points, depth: int) -> Entries:
     return d[order], points.pos[order], points.keys[order]
 
 
+def lists_are_prefixes(short: Table, full: Table) -> bool:
+    """Each row of ``short`` lists a prefix of the same row of ``full`` (the same held-out
+    samples): what a table updated through deletions keeps of a rebuilt one (the invariant
+    in the module docstring)."""
+    if not np.array_equal(short.keys, full.keys):
+        return False
+    for r in range(len(short.keys)):
+        n = int(short.count[r])
+        for a, b in ((short.dist, full.dist), (short.pos, full.pos), (short.point, full.point)):
+            if not np.array_equal(a[r, :n], b[r, :n]):
+                return False
+    return True
+
+
 def vote_of(pos: np.ndarray, k: int) -> int:
     """The cluster a list's first ``k`` voters elect: most votes, ties to the nearest."""
     voters = pos[:k]

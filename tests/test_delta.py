@@ -35,16 +35,6 @@ def table_of(er: Eraser) -> routetable.Table:
     return delta._load_table(er.registry, er.registry.load())
 
 
-def lists_are_prefixes(short: routetable.Table, full: routetable.Table) -> bool:
-    assert np.array_equal(short.keys, full.keys)
-    for r in range(len(short.keys)):
-        n = int(short.count[r])
-        for a, b in ((short.dist, full.dist), (short.pos, full.pos), (short.point, full.point)):
-            if not np.array_equal(a[r, :n], b[r, :n]):
-                return False
-    return True
-
-
 @pytest.fixture
 def spy(monkeypatch):
     """Records whether each forget took the delta path."""
@@ -99,7 +89,7 @@ def forget_both(cfg_a, cfg_b, lite0_32, monkeypatch, spy, ids) -> tuple[Manifest
             full = er.forget(sample_ids=ids).manifest
             full_table = table_of(er)
     assert comparable(fast, fast_parent) == comparable(full, full_parent)
-    assert lists_are_prefixes(fast_table, full_table)
+    assert routetable.lists_are_prefixes(fast_table, full_table)
     return fast, full
 
 

@@ -42,15 +42,6 @@ def test_routes_are_the_vote(seed):
         assert table.route.tolist() == vote(rows, feats, pos, k).tolist()
 
 
-def prefix_of(short: routetable.Table, full: routetable.Table) -> bool:
-    for r in range(len(short.keys)):
-        n = int(short.count[r])
-        for a, b in ((short.dist, full.dist), (short.pos, full.pos), (short.point, full.point)):
-            if not np.array_equal(a[r, :n], b[r, :n]):
-                return False
-    return True
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_updates_match_a_rebuild(seed):
     """Random removals (of points and of rows) and additions, many rounds: after each, the
@@ -118,7 +109,7 @@ def test_updates_match_a_rebuild(seed):
         fresh = rebuilt(row_keys)
         assert routetable.key_strings(table.keys) == row_keys
         assert table.route.tolist() == fresh.route.tolist()
-        assert prefix_of(table, fresh)
+        assert routetable.lists_are_prefixes(table, fresh)
         assert (table.count >= min(k, int(live.sum()))).all()
     assert recomputed > 0, "the rounds should have emptied some list below k"
 
