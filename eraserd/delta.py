@@ -162,7 +162,7 @@ def plan(
             by_id = {r.sample_id: r for r in members}
             feats = ensure_features(store, backbone, [by_id[i] for i in chosen], desc="points")
             vecs = [feats[i] for i in chosen]
-            points_h = points_blob(registry, after, vecs, _dim(previous, registry))
+            points_h = points_blob(registry, after, vecs, backbone.num_features)
             new_points[pos] = (after, np.stack(vecs) if vecs else None)
         plans[pos] = Plan(
             key=old.key,
@@ -282,11 +282,6 @@ def _locate(
     return blobs, where
 
 
-def _dim(previous: Manifest, registry: Registry) -> int:
-    protos = registry.get_tensors(previous.prototypes, "prototypes")["prototypes"]
-    return int(protos.shape[1])
-
-
 def _load_table(registry: Registry, m: Manifest) -> routetable.Table:
     routes = {k: v.numpy() for k, v in registry.get_tensors(m.routing["routes"]).items()}
     if "lists" in m.routing:
@@ -297,8 +292,10 @@ def _load_table(registry: Registry, m: Manifest) -> routetable.Table:
     return routetable.Table.from_arrays(routes, lists)
 
 
-def _points_of(registry: Registry, previous: Manifest, new_points: NewPoints) -> routetable.Points:
-    """Every routing point of the new version, in cluster order."""
+def _points_of(
+    registry: Registry, previous: Manifest, new_points: NewPoints, dim: int
+) -> routetable.Points:
+    """Every routing point of the new version, in cluster order (``dim`` features each)."""
     feats: list[np.ndarray] = []
     keys: list[np.ndarray] = []
     pos: list[np.ndarray] = []
@@ -306,7 +303,7 @@ def _points_of(registry: Registry, previous: Manifest, new_points: NewPoints) ->
         if k in new_points:
             ks, vecs = new_points[k]
             kb = routetable.key_bytes(ks)
-            f = vecs if vecs is not None else np.zeros((0, _dim(previous, registry)), np.float32)
+            f = vecs if vecs is not None else np.zeros((0, dim), np.float32)
         else:
             assert c.points is not None
             blob = registry.get_tensors(c.points, f"cluster {c.key} routing points")
@@ -374,7 +371,7 @@ def _recompute(
     depth: int,
 ) -> Callable[[np.ndarray], list[routetable.Entries]]:
     def again(table_keys: np.ndarray) -> list[routetable.Entries]:
-        points = _points_of(registry, previous, new_points)
+        points = _points_of(registry, previous, new_points, backbone.num_features)
         rows = store.rows_by_keys(routetable.key_strings(table_keys))
         feats = ensure_features(store, backbone, rows, desc="held-out")
         by_key = {r.key: feats[r.sample_id] for r in rows}
