@@ -13,7 +13,6 @@ an image's size and aspect ratio are checked from its header before a pixel is d
 
 from __future__ import annotations
 
-import hmac
 import logging
 import sqlite3
 from datetime import datetime, timezone
@@ -31,7 +30,7 @@ from . import __version__, apidocs
 from .apischema import PREDICT_BODY, PUBLIC, responses, with_bearer
 from .data.images import API_FORMATS, ImageDecodeError, ImageTooLarge, check_image_limits
 from .errors import UnknownIdError
-from .httpguard import BodyLimit, disk_full, error_response
+from .httpguard import BearerAuth, BodyLimit, disk_full, error_response
 from .idfile import id_problem
 from .model.predictor import ClustersUnavailable
 from .queue import IdempotencyConflict, RequestState, decode_cursor, encode_cursor
@@ -119,26 +118,10 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     limits = daemon.cfg.daemon
 
-    # Added first, so it runs inside ``auth``: a request without a valid token is refused
-    # before its body is read.
+    # Added first, so it runs inside ``BearerAuth``: a request without a valid token is
+    # refused before its body is read.
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes, timeout=limits.body_timeout_s)
-
-    # A 401 is answered before the body is read: closing the connection keeps a client
-    # without the token from trickling an endless body into it.
-    close = {"Connection": "close"}
-
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if request.url.path not in PUBLIC:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                return error_response(
-                    401, "missing bearer token (Authorization: Bearer <token>)", headers=close
-                )
-            if not hmac.compare_digest(token.strip().encode(), daemon.token.encode()):
-                return error_response(401, "invalid bearer token", headers=close)
-        return await call_next(request)
+    app.add_middleware(BearerAuth, token=daemon.token, public=PUBLIC)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

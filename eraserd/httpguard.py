@@ -1,11 +1,16 @@
-"""What the control API refuses before any route runs, and how it answers: a request body over
-its size or time limit (``BodyLimit``), a full disk (``disk_full``), and the JSON error body
-every refusal uses (``error_response``)."""
+"""What the control API refuses before any route runs, and how it answers: a request without
+the bearer token (``BearerAuth``), a request body over its size or time limit (``BodyLimit``),
+a full disk (``disk_full``), and the JSON error body every refusal uses (``error_response``).
+
+Both middlewares are plain ASGI: no task group or stream per request, as Starlette's
+``BaseHTTPMiddleware`` would add to every call."""
 
 from __future__ import annotations
 
 import errno
+import hmac
 import sqlite3
+from collections.abc import Collection
 from typing import Any
 
 import anyio
@@ -30,6 +35,36 @@ def disk_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return "disk is full" in str(exc).lower()
     return False
+
+
+class BearerAuth:
+    """ASGI middleware: a path outside ``public`` needs ``Authorization: Bearer <token>``.
+
+    Without it: 401, answered before the body is read, and the connection is closed, which
+    keeps a client without the token from trickling an endless body into it. Tokens are
+    compared in constant time.
+    """
+
+    def __init__(self, app, token: str, public: Collection[str]):
+        self.app, self.token, self.public = app, token.encode(), frozenset(public)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.public:
+            return await self.app(scope, receive, send)
+        header = b""
+        for name, value in scope.get("headers") or ():
+            if name.lower() == b"authorization":
+                header = value
+                break
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            message = "missing bearer token (Authorization: Bearer <token>)"
+        elif not hmac.compare_digest(token.strip().encode(), self.token):
+            message = "invalid bearer token"
+        else:
+            return await self.app(scope, receive, send)
+        refusal = error_response(401, message, headers={"Connection": "close"})
+        await refusal(scope, receive, send)
 
 
 class BodyLimit:

@@ -147,3 +147,59 @@ def test_a_request_head_over_the_cap_gets_431_and_a_closed_connection(server):
     ok = b"GET / HTTP/1.1\r\nHost: a\r\nX-Ok: " + b"z" * (serving.MAX_HEAD_BYTES // 2) + b"\r\n\r\n"
     answer = raw_exchange(server.port, ok + ok[:-2] + b"Connection: close\r\n\r\n")
     assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:200]
+
+
+def _asgi_call(app, headers: list[tuple[bytes, bytes]], path: str = "/v1/status"):
+    """One HTTP request through an ASGI app; (status, response headers, body, body read)."""
+    sent: list[dict] = []
+    reads: list[int] = []
+
+    async def receive():
+        reads.append(1)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": headers}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body, bool(reads)
+
+
+def test_bearer_auth_refuses_before_the_body_and_passes_the_token_holder():
+    """The plain-ASGI token check: public paths pass without a token; a missing or wrong token
+    gets its 401 (JSON, connection closed) without the app running or the body being read;
+    the scheme is case-insensitive and the token may carry spaces around it."""
+    from eraserd.httpguard import BearerAuth
+
+    calls: list[str] = []
+
+    async def inner(scope, receive, send):
+        calls.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = BearerAuth(inner, token="s3cret", public={"/healthz"})
+    assert _asgi_call(app, [], path="/healthz")[0] == 200
+    for headers, message in (
+        ([], "missing bearer token"),
+        ([(b"authorization", b"Basic s3cret")], "missing bearer token"),
+        ([(b"authorization", b"Bearer ")], "missing bearer token"),
+        ([(b"authorization", b"Bearer s3cre")], "invalid bearer token"),
+        ([(b"authorization", b"Bearer s3cret-and-more")], "invalid bearer token"),
+    ):
+        status, head, body, read = _asgi_call(app, headers)
+        assert status == 401, headers
+        assert head[b"connection"] == b"close"
+        assert json.loads(body)["error"] == {"status": 401, "message": message + _hint(message)}
+        assert not read, "the body was read before the token was checked"
+    assert calls == ["/healthz"]
+    for value in (b"Bearer s3cret", b"bearer s3cret", b"BEARER  s3cret "):
+        assert _asgi_call(app, [(b"Authorization", value)])[0] == 200, value
+    assert calls == ["/healthz"] + ["/v1/status"] * 3
+
+
+def _hint(message: str) -> str:
+    return " (Authorization: Bearer <token>)" if message.startswith("missing") else ""
