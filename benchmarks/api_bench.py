@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -112,22 +113,20 @@ def submissions(ids: list[str]) -> list[tuple]:
     return [("POST", "/v1/deletions", {"sample_ids": [s]}, 202) for s in ids]
 
 
-def concurrent(d: DaemonProc, ids: list[str], threads: int) -> tuple[float, list[float]]:
-    conns = [connect(d) for _ in range(threads)]
-    for c in conns:  # open every connection before the clock starts
-        call(c, d.token, "GET", "/healthz")
-    lat: list[list[float]] = [[] for _ in range(threads)]
-    errors: list[Exception] = []
+def in_threads(work: Callable[[int], None], threads: int) -> float:
+    """Run ``work(0)`` ... ``work(threads - 1)`` in threads released together; the wall
+    seconds from their release to the last one's end. Re-raises the first error."""
+    errors: list[BaseException] = []
     start = threading.Barrier(threads + 1)
 
-    def work(i: int) -> None:
+    def run(i: int) -> None:
         start.wait()
         try:
-            lat[i] = timed(conns[i], d.token, submissions(ids[i::threads]))
-        except Exception as exc:
+            work(i)
+        except BaseException as exc:
             errors.append(exc)
 
-    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
     start.wait()
@@ -135,10 +134,25 @@ def concurrent(d: DaemonProc, ids: list[str], threads: int) -> tuple[float, list
     for t in pool:
         t.join()
     wall = time.perf_counter() - t0
-    for c in conns:
-        c.close()
     if errors:
         raise errors[0]
+    return wall
+
+
+def concurrent(d: DaemonProc, ids: list[str], threads: int) -> tuple[float, list[float]]:
+    conns = [connect(d) for _ in range(threads)]
+    for c in conns:  # open every connection before the clock starts
+        call(c, d.token, "GET", "/healthz")
+    lat: list[list[float]] = [[] for _ in range(threads)]
+
+    def work(i: int) -> None:
+        lat[i] = timed(conns[i], d.token, submissions(ids[i::threads]))
+
+    try:
+        wall = in_threads(work, threads)
+    finally:
+        for c in conns:
+            c.close()
     return wall, [x for part in lat for x in part]
 
 

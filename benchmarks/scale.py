@@ -8,10 +8,13 @@ distinct sample (written through ``Queue.admit``, the daemon's own path, with fs
 the fill only). At each level it measures, over loopback HTTP keep-alive:
 
 - ``POST /v1/deletions``: sequential, then 4 threads, each 202 acknowledged only after an
-  fsync'd commit (``synchronous=FULL``);
-- ``GET /v1/status`` and ``GET /metrics``: p50 and p99 latency.
+  fsync'd commit (``synchronous=FULL``); the median of ``--rounds`` rounds;
+- ``GET /v1/status`` and ``GET /metrics``: p50 and p99 latency;
 
-It prints one row per level and the growth from the first level to the last.
+and, side by side in this process on a copy of the filled queue.db, ``Queue.admit`` from 4
+threads with group commit on and off (``Queue(group_commit=...)``), alternated round by round:
+the rates and their ratio. It prints one row per level and the growth from the first level
+to the last.
 
 Retrain section (``--retrain``): peak RSS of one cluster's retrain (EfficientNet-Lite0 at
 64 px, one epoch of batch 32), each in a fresh process, for clusters of N generated
@@ -32,7 +35,7 @@ store's size and peak RSS (the process, and its largest worker), then the peak R
 more forget in a fresh process (the process, and its worker: one retrain alone), then the
 growth exponent of each from the first N to the last (t ~ N^k).
 
-    .venv/bin/python benchmarks/scale.py --queue [--pending 0 50000 100000]
+    .venv/bin/python benchmarks/scale.py --queue [--pending 0 50000 100000] [--n 1000] [--rounds 3]
     .venv/bin/python benchmarks/scale.py --retrain [--clusters 500 2000 8000]
     .venv/bin/python benchmarks/scale.py --data [--full] [--cap 100] [--verify-upto 20000]
 """
@@ -40,6 +43,8 @@ growth exponent of each from the first N to the last (t ~ N^k).
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,7 +60,9 @@ from api_bench import (  # noqa: E402  (the same HTTP helpers as the control-API
     concurrent,
     connect,
     fs_type,
+    in_threads,
     pct,
+    submissions,
     timed,
     write_digits,
 )
@@ -105,7 +112,38 @@ def fill(state: Path, upto: int) -> int:
         q.close()
 
 
-def queue_section(levels: list[int], n: int, gets: int, root: Path) -> list[str]:
+def admit_rate(queue_db: Path, grouped: bool, threads: int, n: int, scratch: Path) -> float:
+    """Admissions per second of ``threads`` threads calling ``Queue.admit`` on a copy of
+    ``queue_db`` (``synchronous=FULL``), with group commit on or off; ``n`` in all."""
+    from eraserd.queue import Queue
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    shutil.copyfile(queue_db, scratch / "queue.db")
+    q = Queue(scratch / "queue.db", b"scale-bench-secret-0123456789abc", group_commit=grouped)
+
+    def work(k: int) -> None:
+        for i in range(k, n, threads):
+            sid = f"s{i % 240:04d}"
+            q.admit(
+                [sid],
+                [],
+                matched=[sid],
+                forgotten=[],
+                deadline=None,
+                default_deadline_s=86400.0,
+                now=time.time(),
+            )
+
+    try:
+        wall = in_threads(work, threads)
+    finally:
+        q.close()
+    shutil.rmtree(scratch)
+    return n / wall
+
+
+def queue_section(levels: list[int], n: int, rounds: int, gets: int, root: Path) -> list[str]:
     config = write_daemon_config(
         root, write_digits(root / "data"), window=1e9, max_batch_samples=10**9
     )
@@ -116,25 +154,30 @@ def queue_section(levels: list[int], n: int, gets: int, root: Path) -> list[str]
         stdout=subprocess.DEVNULL,
     )
     rows = []
-    for k, level in enumerate(levels):
+    sent = 0
+    for level in levels:
         t0 = time.perf_counter()
         held = fill(state, level)
         fill_s = time.perf_counter() - t0
+        inproc: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(rounds):  # alternated, so a drift in the machine's speed hits both
+            for grouped in (True, False):
+                rate = admit_rate(state / "queue.db", grouped, 4, n, root / "scratch")
+                inproc[grouped].append(rate)
         d = DaemonProc(config)
         try:
             d.wait_ready(timeout=600)
             conn = connect(d)
             call(conn, d.token, "GET", "/healthz")
-            ids = [f"s{(k * 2 * n + i) % 240:04d}" for i in range(2 * n)]
-            t0 = time.perf_counter()
-            seq = timed(
-                conn,
-                d.token,
-                [("POST", "/v1/deletions", {"sample_ids": [s]}, 202) for s in ids[:n]],
-            )
-            seq_rate = n / (time.perf_counter() - t0)
-            wall, _ = concurrent(d, ids[n:], 4)
-            par_rate = n / wall
+            seq_rates, par_rates = [], []
+            for _ in range(rounds):
+                ids = [f"s{(sent + i) % 240:04d}" for i in range(2 * n)]
+                sent += 2 * n
+                t0 = time.perf_counter()
+                timed(conn, d.token, submissions(ids[:n]))
+                seq_rates.append(n / (time.perf_counter() - t0))
+                wall, _ = concurrent(d, ids[n:], 4)
+                par_rates.append(n / wall)
             timed(conn, d.token, [("GET", "/v1/status")] * 10)  # warm-up
             scrape(conn, d.token, 10)
             lat = {
@@ -143,30 +186,45 @@ def queue_section(levels: list[int], n: int, gets: int, root: Path) -> list[str]
             }
             status = call(conn, d.token, "GET", "/v1/status")[1]
             queued = status["queue"]["requests"]["queued"]
-            if queued != held + 2 * n:
-                raise BenchError(f"expected {held + 2 * n} queued requests, found {queued}")
+            if queued != held + 2 * n * rounds:
+                raise BenchError(f"expected {held + 2 * n * rounds} queued, found {queued}")
             conn.close()
         finally:
             rc = d.stop()
         if rc != 0:
             raise BenchError(f"daemon exited with {rc}:\n{d.log_text()[-2000:]}")
-        rows.append((held, queued, fill_s, seq_rate, par_rate, lat, seq))
+        rows.append(
+            (
+                held,
+                fill_s,
+                statistics.median(seq_rates),
+                statistics.median(par_rates),
+                lat,
+                statistics.median(inproc[True]),
+                statistics.median(inproc[False]),
+            )
+        )
     lines = [
-        f"queue: state dir on {fs_type(root)}; {n} submissions per phase, {gets} GETs each",
+        f"queue: state dir on {fs_type(root)}; HTTP: {n} submissions per phase, median of "
+        f"{rounds} rounds; {gets} GETs each; in process: Queue.admit from 4 threads, {n} per "
+        f"round, group commit on and off alternated, median of {rounds} rounds",
         f"{'pending':>9}{'fill s':>8}{'POST/s seq':>12}{'POST/s 4thr':>13}"
-        f"{'status p50':>12}{'p99 ms':>8}{'metrics p50':>13}{'p99 ms':>8}",
+        f"{'status p50':>12}{'p99 ms':>8}{'metrics p50':>13}{'p99 ms':>8}"
+        f"{'admit/s grouped':>17}{'single':>8}{'ratio':>7}",
     ]
-    for held, _queued, fill_s, seq_rate, par_rate, lat, _ in rows:
+    for held, fill_s, seq_rate, par_rate, lat, grouped, single in rows:
         st, me = lat["/v1/status"], lat["/metrics"]
         lines.append(
             f"{held:>9}{fill_s:>8.1f}{seq_rate:>12.1f}{par_rate:>13.1f}"
             f"{pct(st, 50):>12.2f}{pct(st, 99):>8.2f}{pct(me, 50):>13.2f}{pct(me, 99):>8.2f}"
+            f"{grouped:>17.0f}{single:>8.0f}{grouped / single:>7.2f}"
         )
     first, last = rows[0], rows[-1]
     lines.append(
-        f"from {first[0]} to {last[0]} pending: POST/s seq x{last[3] / first[3]:.2f}, "
-        f"status p99 x{pct(last[5]['/v1/status'], 99) / pct(first[5]['/v1/status'], 99):.2f}, "
-        f"metrics p99 x{pct(last[5]['/metrics'], 99) / pct(first[5]['/metrics'], 99):.2f}"
+        f"from {first[0]} to {last[0]} pending: POST/s seq x{last[2] / first[2]:.2f}, "
+        f"4thr x{last[3] / first[3]:.2f}, "
+        f"status p99 x{pct(last[4]['/v1/status'], 99) / pct(first[4]['/v1/status'], 99):.2f}, "
+        f"metrics p99 x{pct(last[4]['/metrics'], 99) / pct(first[4]['/metrics'], 99):.2f}"
     )
     return lines
 
@@ -419,7 +477,8 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=100, help="largest cluster, in images")
     ap.add_argument("--verify-upto", type=int, default=20_000, help="largest N to verify")
     ap.add_argument("--pending", type=int, nargs="+", default=[0, 50_000, 100_000])
-    ap.add_argument("--n", type=int, default=300, help="submissions per phase")
+    ap.add_argument("--n", type=int, default=1000, help="submissions per phase")
+    ap.add_argument("--rounds", type=int, default=3, help="queue phases repeated (median)")
     ap.add_argument("--gets", type=int, default=300, help="GETs per endpoint and level")
     ap.add_argument("--dir", type=Path, help="parent of the temp dir (its fs decides fsync cost)")
     a = ap.parse_args()
@@ -437,7 +496,7 @@ def main() -> None:
             lines += retrain_section(sorted(a.clusters), Path(tmp))
     if a.queue:
         with tempfile.TemporaryDirectory(prefix="eraserd-scale-", dir=a.dir) as tmp:
-            lines += queue_section(a.pending, a.n, a.gets, Path(tmp))
+            lines += queue_section(a.pending, a.n, a.rounds, a.gets, Path(tmp))
     print("\n".join(lines))
 
 

@@ -1,6 +1,7 @@
 """The durable deletion queue: requests, batches and their state machine, in SQLite.
 
-WAL with ``synchronous=FULL``: a submission is acknowledged only after its commit is on disk.
+WAL with ``synchronous=FULL``: a submission is acknowledged only after its commit is on disk;
+submissions that arrive together share one commit (``group.py``).
 Raw ids are kept only while a request is pending; when its batch is published they are
 deleted (``secure_delete``) and the WAL is truncated, leaving counts and keyed hashes.
 
