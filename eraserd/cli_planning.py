@@ -67,7 +67,12 @@ def thresholds(cfg, as_json: bool, points: int, caps, evaluations: int) -> None:
         f"{'work/del':>8} {'P(recl)':>8} {'recl':>6}"
     ]
     for t in table:
-        cut = f"{t['threshold']:.4g}" if t["threshold"] is not None else f"n={t['n_clusters']}"
+        if t["method"] == "random":
+            cut = f"random {t['n_clusters']}"
+        elif t["threshold"] is not None:
+            cut = f"{t['threshold']:.4g}"
+        else:
+            cut = f"n={t['n_clusters']}"
         lines.append(
             f"{cut:>10} {_share(t['max_cluster_share']):>6} {t['clusters']:>8} "
             f"{t['largest_share']:>7.1%}{'*' if t['over_cap'] else ' '} "

@@ -29,6 +29,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from .clustering import Partition, Router, assemble, cluster_sample, ranked
 from .ids import rank
+from .randomsplit import group_of, random_partition, shares_of
 
 DEFAULT_EVALUATIONS = 64
 """Sample deletions replayed to estimate the recluster cost when the sample is larger."""
@@ -36,13 +37,21 @@ DEFAULT_EVALUATIONS = 64
 
 @dataclass(frozen=True)
 class Rule:
-    """How the sample is cut: the dendrogram threshold or count, the cap, and the least
-    number of sample points a cluster keeps."""
+    """How the data is partitioned: the dendrogram threshold or count, the cap, and the least
+    number of sample points a cluster keeps; or, with ``method`` ``random``, ``n_clusters``
+    groups of the given ``shares`` (``randomsplit.py``)."""
 
     distance_threshold: float | None
     n_clusters: int | None
     max_share: float | None = None
     min_points: int = 1
+    method: str = "adaptive"
+    shares: tuple[float, ...] | None = None
+
+    def random_shares(self) -> np.ndarray:
+        """The normalised group shares of a random rule."""
+        assert self.method == "random" and self.n_clusters is not None
+        return shares_of(self.n_clusters, self.shares)
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,8 @@ class Replay:
         self.sample = order[:sample_size]
         self.pool = order[: sample_size + 1]  # deleting a sample point brings in the next
         self.row = {i: r for r, i in enumerate(self.ids)}
+        self.features = features
+        self._groups: dict[Rule, dict[str, int]] = {}
         self.router = Router(np.stack([features[i] for i in self.ids]))
         self.x = np.stack([features[i] for i in self.pool]).astype(np.float32)
         self.pool_router = Router(self.x)
@@ -102,6 +113,16 @@ class Replay:
 
     def partition(self, rule: Rule, gone: str | None = None) -> Partition:
         """What a fresh build gives on the ids, or on the ids without ``gone``."""
+        if rule.method == "random":
+            shares = rule.random_shares()
+            if rule not in self._groups:  # each id's group, hashed once per rule
+                self._groups[rule] = dict(
+                    zip(self.ids, group_of(self.ids, self.seed, shares).tolist())
+                )
+            ids = [i for i in self.ids if i != gone]
+            return random_partition(
+                ids, self.features, self.seed, len(self.sample), shares, self._groups[rule]
+            )
         keep = [j for j, i in enumerate(self.pool) if i != gone][: len(self.sample)]
         sample = [self.pool[j] for j in keep]
         condensed = squareform(self.dist[np.ix_(keep, keep)], checks=False)

@@ -26,7 +26,7 @@ import numpy as np
 from . import routetable
 from .clustering import chosen_points, nearest, sq_distances
 from .config import Config
-from .cost import carried_sizes
+from .cost import Rule, carried_sizes
 from .data.store import SampleRow, Store
 from .executor import Executor
 from .manifest import Manifest
@@ -44,7 +44,9 @@ from .materialize import (
 )
 from .model.backbone import Backbone
 from .model.features import ensure_features
+from .randomsplit import group_key, group_of
 from .registry import Registry
+from .unlearning import Settings
 
 log = logging.getLogger("eraserd.delta")
 
@@ -124,7 +126,7 @@ def plan(
         return _full("the settings or the manifest layout changed")
     train = [r for r in rows if r.split == "train"]
     held_out = [r for r in rows if r.split != "train"]
-    found = _locate(store, registry, backbone, previous, train)
+    found = _locate(store, registry, backbone, previous, train, Settings.of(cfg).rule, cfg.seed)
     if found is None:
         return _full("a deleted sample is in the clustering sample or in no cluster")
     blobs, where = found
@@ -256,16 +258,28 @@ def _locate(
     backbone: Backbone,
     previous: Manifest,
     train: list[SampleRow],
+    rule: Rule,
+    seed: int,
 ) -> tuple[dict[int, dict], dict[str, int]] | None:
     """The cluster of each deleted training sample and those clusters' membership blobs, or
-    None when one is in the clustering sample, in no cluster, or has no cached feature."""
+    None when one is in the clustering sample, in no cluster, or has no cached feature.
+    Each one's cluster is found as the partition placed it: its nearest prototype, or with
+    random groups, its group (a hash of its id)."""
     if not train:
         return {}, {}
-    feats = store.cached_features([r.key for r in train], backbone.feature_key)
-    if len(feats) != len(train):
-        return None
-    protos = registry.get_tensors(previous.prototypes, "prototypes")["prototypes"].numpy()
-    guess = nearest(np.stack([feats[r.key] for r in train]), protos).tolist()
+    if rule.method == "random":
+        position = {c.key: pos for pos, c in enumerate(previous.clusters)}
+        groups = group_of([r.sample_id for r in train], seed, rule.random_shares())
+        keys = [group_key(g) for g in groups.tolist()]
+        if any(k not in position for k in keys):
+            return None
+        guess = [position[k] for k in keys]
+    else:
+        feats = store.cached_features([r.key for r in train], backbone.feature_key)
+        if len(feats) != len(train):
+            return None
+        protos = registry.get_tensors(previous.prototypes, "prototypes")["prototypes"].numpy()
+        guess = nearest(np.stack([feats[r.key] for r in train]), protos).tolist()
     blobs: dict[int, dict] = {}
     where: dict[str, int] = {}
     for r, pos in zip(train, guess):

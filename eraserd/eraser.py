@@ -434,6 +434,7 @@ class Eraser:
                 cost = replay.cost(rule, evaluations=evaluations, steps=self._steps)
                 out.append(
                     {
+                        "method": rule.method,
                         "threshold": rule.distance_threshold,
                         "n_clusters": rule.n_clusters,
                         "max_cluster_share": rule.max_share,

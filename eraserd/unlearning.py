@@ -29,6 +29,7 @@ import numpy as np
 
 from .clustering import Partition, build_partition, remove_members
 from .cost import Rule
+from .randomsplit import random_partition
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,21 @@ class Settings:
     def of(cls, cfg) -> Settings:
         """From a ``Config`` (duck-typed: its ``seed`` and ``clustering`` section)."""
         c = cfg.clustering
-        rule = Rule(c.distance_threshold, c.n_clusters, c.max_cluster_share, c.min_cluster_points)
+        rule = Rule(
+            c.distance_threshold,
+            c.n_clusters,
+            c.max_cluster_share,
+            c.min_cluster_points,
+            c.method,
+            c.shares,
+        )
         return cls(cfg.seed, c.sample_size, rule)
 
     def partition(self, ids: list[str], features: Mapping[str, np.ndarray]) -> Partition:
         """The partition a from-scratch build gives on these training ids."""
         r = self.rule
+        if r.method == "random":
+            return random_partition(ids, features, self.seed, self.sample_size, r.random_shares())
         return build_partition(
             ids,
             dict(features),

@@ -233,3 +233,26 @@ def test_a_version_with_every_point_in_one_blob_is_served_and_rewritten(
         assert "routes" in result.manifest.routing and "points" not in result.manifest.routing
         assert all(c.points for c in result.manifest.clusters)
         assert verify(er)["identical"]
+
+
+@pytest.mark.slow
+def test_random_groups_forget_on_the_delta_path_and_stay_exact(
+    make_config, lite0_32, tmp_path, monkeypatch, spy
+):
+    """``clustering.method: random``: a non-sample deletion finds its group by the hash of its
+    id and takes the delta path, equal to the full path; a clustering-sample deletion takes
+    the full path and still retrains its own group only; the result is a fresh build's."""
+    random = {"method": "random", "n_clusters": 4, "distance_threshold": None}
+    cfg_a, cfg_b = twins(make_config, lite0_32, tmp_path, clustering=random)
+    with Eraser(cfg_a, backbone=lite0_32) as er:
+        first = non_sample(er, 1)
+    fast, _ = forget_both(cfg_a, cfg_b, lite0_32, monkeypatch, spy, first)
+    assert len(fast.change.retrained) == 1 and fast.change.reclustered is False
+    with Eraser(cfg_a, backbone=lite0_32) as er:
+        point = next(s["sample_id"] for s in er.samples() if s["in_clustering_sample"])
+        result = er.forget(sample_ids=[point])
+        assert spy[-1] is False
+        assert result.manifest.change.reclustered is True
+        assert len(result.manifest.change.retrained) == 1
+        assert [c.key for c in result.manifest.clusters] == [c.key for c in fast.clusters]
+        assert verify(er)["identical"]

@@ -69,8 +69,42 @@ class ClusteringConfig:
     """Least clustering-sample points a cluster keeps: a smaller cluster (an outlier, or a
     sliver the cap cut off) is dissolved, its points joining the nearest cluster the cap
     allows. Tiny clusters train on a handful of images yet attract held-out inputs."""
+    method: Literal["adaptive", "random"] = "adaptive"
+    """``adaptive``: hierarchical clustering of the sample, the rest joining the nearest
+    prototype (the paper's method). ``random``: each sample joins one of ``n_clusters``
+    groups by a seeded hash of its own id (the paper's baseline, ``randomsplit.py``): a
+    deletion retrains its own group only, but groups share no structure, which costs
+    accuracy. Needs ``n_clusters`` (and ``distance_threshold: null``)."""
+    shares: tuple[float, ...] | None = None
+    """With ``method: random``: each group's expected share of the data (any positive
+    weights, ``n_clusters`` of them); null: equal shares."""
 
     def __post_init__(self) -> None:
+        _check(self.method in ("adaptive", "random"), "method must be adaptive or random")
+        if self.method == "random":
+            _check(
+                self.n_clusters is not None and self.distance_threshold is None,
+                "method random needs n_clusters (and distance_threshold: null)",
+            )
+            _check(
+                self.max_cluster_share is None and self.min_cluster_points == 1,
+                "method random takes no max_cluster_share or min_cluster_points: the shares "
+                "set the groups' sizes",
+            )
+            assert self.n_clusters is not None
+            _check(
+                self.sample_size >= self.n_clusters,
+                "method random needs sample_size >= n_clusters: each group's prototype is "
+                "the mean of its clustering-sample points",
+            )
+            if self.shares is not None:
+                _check(
+                    len(self.shares) == self.n_clusters
+                    and all(math.isfinite(w) and w > 0 for w in self.shares),
+                    f"shares must be {self.n_clusters} positive numbers (one per group)",
+                )
+        else:
+            _check(self.shares is None, "shares applies to method random only")
         _check(self.sample_size >= 1, "sample_size must be at least 1")
         _check(
             1 <= self.min_cluster_points <= self.sample_size,
