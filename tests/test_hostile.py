@@ -205,9 +205,11 @@ class Exchange:
 
     def __init__(self, d: DaemonProc, head: str, parts: Iterator[bytes]):
         self.sock = socket.create_connection(("127.0.0.1", port_of(d)), timeout=10)
-        self.sock.sendall(head.replace("{token}", d.token).encode())
         self.opened = time.monotonic()
-        """When the head was sent: the server's body clock starts no earlier."""
+        """Just before the head was sent: the server's body clock cannot start earlier. (Read
+        after ``sendall``, it could: the server may get the head and start its clock before
+        this thread runs again.)"""
+        self.sock.sendall(head.replace("{token}", d.token).encode())
         self.parts, self.received, self.closed = parts, b"", False
         self.closed_at: float | None = None
 
