@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_evaluate import evaluate
 from .cli_planning import plan, simulate, thresholds
 from .cliutil import Group, command, emit, eraser_for, raise_error, require_model
 from .errors import ERROR, EraserdError
@@ -268,7 +269,7 @@ def run(cfg, as_json: bool, log_level: str | None) -> None:
     serve(cfg, (log_level or cfg.daemon.log_level).lower(), as_json, banner)
 
 
-for _command in (thresholds, plan, simulate):  # cli_planning.py
+for _command in (thresholds, plan, simulate, evaluate):  # cli_planning.py, cli_evaluate.py
     main.add_command(_command)
 
 

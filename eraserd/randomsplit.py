@@ -8,9 +8,11 @@ the same groups: unlearning stays exact and retrains one group per deletion, eve
 deleted sample was in the clustering sample.
 
 Groups are named by their index (``group_key``), not by their members. A group's prototype
-(for ``routing.method: prototype``) is the mean feature of its clustering-sample points, as
-an adaptive cluster's is, so every group needs one: a build that would leave a group
-without any raises ``ValueError`` naming the settings to change.
+(for ``routing.method: prototype``) is the mean feature of its sample points, as an adaptive
+cluster's is: its members in the clustering sample, or, for a group with none, its member of
+lowest seeded rank, which then counts as a sample point too. Either way a prototype changes
+only when a sample point is deleted, which takes the recluster path (and, here, still
+retrains one group). A group with no member at all is left out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .clustering import Partition, clustering_sample
+from .clustering import Partition, ranked
 from .ids import sha256_hex, unit_interval
 
 PURPOSE = "random group"
@@ -60,27 +62,27 @@ def random_partition(
     if groups is None:
         groups = dict(zip(ids, group_of(ids, seed, shares).tolist()))
     k = len(shares)
-    sample = clustering_sample(ids, seed, sample_size)
+    order = ranked(ids, seed)
     members: list[list[str]] = [[] for _ in range(k)]
     for i in ids:
         members[groups[i]].append(i)
     points: list[list[str]] = [[] for _ in range(k)]
-    for i in sample:
+    for i in order[:sample_size]:
         points[groups[i]].append(i)
-    empty = [g for g in range(k) if not points[g]]
-    if empty:
-        raise ValueError(
-            f"random partition: {len(empty)} of {k} groups hold no clustering-sample point "
-            f"(sample_size {len(sample)}); lower clustering.n_clusters or raise "
-            "clustering.sample_size"
-        )
-    order = sorted(range(k), key=group_key)
+    lacking = {g for g in range(k) if members[g] and not points[g]}
+    for i in order[sample_size:]:  # each such group's member of lowest rank stands in
+        if not lacking:
+            break
+        if groups[i] in lacking:
+            points[groups[i]].append(i)
+            lacking.discard(groups[i])
+    used = sorted((g for g in range(k) if members[g]), key=group_key)
     protos = np.stack(
-        [np.stack([features[i] for i in points[g]]).astype(np.float64).mean(0) for g in order]
+        [np.stack([features[i] for i in points[g]]).astype(np.float64).mean(0) for g in used]
     )
     return Partition(
-        tuple(group_key(g) for g in order),
+        tuple(group_key(g) for g in used),
         protos.astype(np.float32),
-        tuple(tuple(sorted(members[g])) for g in order),
-        frozenset(sample),
+        tuple(tuple(sorted(members[g])) for g in used),
+        frozenset(i for g in used for i in points[g]),
     )

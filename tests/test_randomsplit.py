@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from eraserd.clustering import ranked
 from eraserd.config import config_from_dict
 from eraserd.cost import Replay, Rule, evaluation_points
 from eraserd.errors import ConfigError
@@ -68,10 +69,35 @@ def test_prototypes_are_the_means_of_each_groups_sample_points():
         assert np.array_equal(proto, want.astype(np.float32))
 
 
-def test_a_group_without_a_sample_point_is_refused_with_the_settings_to_change():
-    ids, feats = data(200)
-    with pytest.raises(ValueError, match="hold no clustering-sample point.*n_clusters"):
-        random_partition(ids, feats, SEED, 3, shares_of(40, None))
+def test_a_group_without_a_clustering_sample_point_gets_its_lowest_ranked_member():
+    """With 3 clustering-sample points and 12 groups, most groups have none: each such group's
+    prototype is its member of lowest rank, which counts as a sample point, so deleting it
+    reclusters and deleting any other member does not; both equal a fresh build."""
+    ids, feats = data(300)
+    s = settings(k=12, sample=3)
+    part = s.partition(ids, feats)
+    order = ranked(ids, SEED)
+    top = set(order[:3])
+    assert len(part.keys) == 12 and top <= part.sample and len(part.sample) > 3
+    for proto, members in zip(part.prototypes, part.members):
+        points = [i for i in members if i in top] or [min(members, key=order.index)]
+        assert sorted(points) == sorted(set(members) & part.sample)
+        want = np.stack([feats[i] for i in points]).astype(np.float64).mean(0)
+        assert np.array_equal(proto, want.astype(np.float32))
+    stand_in = sorted(part.sample - top)[0]
+    other = next(i for i in ids if i not in part.sample)
+    for gone, recluster in (([stand_in], True), ([other], False)):
+        d = decide(part, gone, s, feats)
+        fresh = s.partition([i for i in ids if i not in gone], feats)
+        assert d.recluster is recluster and len(d.retrain) == 1
+        assert d.partition.members == fresh.members and d.partition.sample == fresh.sample
+        assert np.array_equal(d.partition.prototypes, fresh.prototypes)
+
+
+def test_a_group_left_without_members_is_left_out():
+    ids, feats = data(40)
+    part = random_partition(ids, feats, SEED, 10, shares_of(3, (1000, 1000, 1)))
+    assert len(part.keys) == 2 and sum(part.sizes()) == 40
 
 
 def test_the_replayed_cost_matches_the_groups():
@@ -120,10 +146,6 @@ def test_the_replayed_cost_matches_the_groups():
                 "shares": [1, 2, 0, 1],
             },
             "clustering.shares: must be 4 positive numbers",
-        ),
-        (
-            {"method": "random", "n_clusters": 90, "distance_threshold": None, "sample_size": 50},
-            "sample_size >= n_clusters",
         ),
         ({"shares": [1, 1]}, "clustering.shares: applies to method random only"),
         ({"method": "kmeans"}, "method"),

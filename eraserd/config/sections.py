@@ -92,11 +92,6 @@ class ClusteringConfig:
                 "set the groups' sizes",
             )
             assert self.n_clusters is not None
-            _check(
-                self.sample_size >= self.n_clusters,
-                "method random needs sample_size >= n_clusters: each group's prototype is "
-                "the mean of its clustering-sample points",
-            )
             if self.shares is not None:
                 _check(
                     len(self.shares) == self.n_clusters

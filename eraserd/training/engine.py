@@ -423,6 +423,25 @@ def train_cluster(
 
 
 @torch.no_grad()
+def logits_batch(
+    backbone: Backbone,
+    prompt: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    images: torch.Tensor,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Class logits (float32, on the CPU) of canonical views under one cluster's prompt and
+    head."""
+    device = backbone.device
+    prompt, weight, bias = prompt.to(device), weight.to(device), bias.to(device)
+    out = []
+    for lo in range(0, images.shape[0], batch_size):
+        x = backbone.prepare_input(backbone.normalize(images[lo : lo + batch_size]) + prompt)
+        out.append(F.linear(backbone.trainer(x).float(), weight, bias).cpu())
+    return torch.cat(out) if out else torch.zeros(0, weight.shape[0])
+
+
 def predict_batch(
     backbone: Backbone,
     prompt: torch.Tensor,
@@ -432,10 +451,4 @@ def predict_batch(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """Predicted class indices of canonical views under one cluster's prompt and head."""
-    device = backbone.device
-    prompt, weight, bias = prompt.to(device), weight.to(device), bias.to(device)
-    out = []
-    for lo in range(0, images.shape[0], batch_size):
-        x = backbone.prepare_input(backbone.normalize(images[lo : lo + batch_size]) + prompt)
-        out.append(F.linear(backbone.trainer(x).float(), weight, bias).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+    return logits_batch(backbone, prompt, weight, bias, images, batch_size).argmax(1)
