@@ -31,23 +31,48 @@ from .cliutil import command, emit
     help="A smoke run: one seed, one timed deletion, training.epochs 2 and min_steps 30.",
 )
 @click.option(
+    "--ablations",
+    is_flag=True,
+    help="Also LMEraser's accuracy as 10-50% of training subjects are forgotten, and at "
+    "1-32 prompts.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), help="Override training.epochs for every build."
+)
+@click.option(
+    "--min-steps", type=click.IntRange(min=0), help="Override training.min_steps for every build."
+)
+@click.option(
     "--scratch",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the scratch states go (default: the system's temp dir); deleted at the end.",
 )
 @command
-def evaluate(cfg, as_json: bool, seeds: int, forgets: int, quick: bool, scratch) -> None:
+def evaluate(
+    cfg,
+    as_json: bool,
+    seeds: int,
+    forgets: int,
+    quick: bool,
+    ablations: bool,
+    epochs: int | None,
+    min_steps: int | None,
+    scratch,
+) -> None:
     """LMEraser against one prompt, random groups and SISA shards, each built anew."""
+    from .evaluation import PROMPTS, RATIOS, quick_config, with_training
     from .evaluation import evaluate as run
-    from .evaluation import quick_config
 
     if quick:
         cfg, seeds, forgets = quick_config(cfg), 1, min(forgets, 1)
+    cfg = with_training(cfg, epochs, min_steps)
     report = run(
         cfg,
         [cfg.seed + i for i in range(seeds)],
         forgets,
         scratch,
+        ratios=RATIOS if ablations else (),
+        prompts=PROMPTS if ablations else (),
         say=lambda line: None if as_json else click.echo(line, err=True),
     )
     emit(as_json, {k: v for k, v in report.items() if k != "table"}, report["table"])

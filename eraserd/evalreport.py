@@ -107,8 +107,13 @@ def orderings(summary: Sequence[Mapping]) -> list[dict]:
     return out
 
 
-def render(summary: Sequence[Mapping], checks: Sequence[Mapping]) -> str:
-    """The text table and the checked orderings."""
+def render(
+    summary: Sequence[Mapping],
+    checks: Sequence[Mapping],
+    curve: Sequence[Mapping] = (),
+    sweep: Sequence[Mapping] = (),
+) -> str:
+    """The text table, the checked orderings, and the ablations when they ran."""
     lines = [
         f"{'method':<10}{'seeds':>6}{'accuracy':>18}{'clusters':>9}{'build s':>9}"
         f"{'retrained/deletion':>20}{'params/deletion':>16}{'work/deletion':>14}{'forget s':>10}"
@@ -130,4 +135,28 @@ def render(summary: Sequence[Mapping], checks: Sequence[Mapping]) -> str:
     )
     for c in checks:
         lines.append(f"{'holds' if c['holds'] else 'FAILS'}: {c['claim']} ({c['detail']})")
+    if curve:
+        lines += ["", "LMEraser as training subjects are forgotten (each step one forget):"]
+        lines.append(
+            f"{'forgotten':>10}{'subjects':>10}{'train':>7}{'accuracy':>10}{'clusters':>9}"
+            f"{'retrained':>10}{'forget s':>10}"
+        )
+        for p in curve:
+            lines.append(
+                f"{p['ratio']:>10.0%}{p['subjects_forgotten']:>10}{p['train']:>7}"
+                f"{p['accuracy']:>10.2%}{p['clusters']:>9}{p['retrained']:>10}"
+                f"{p['forget_s']:>10.1f}"
+            )
+    if sweep:
+        lines += ["", "LMEraser's accuracy by number of prompts (dendrogram cuts, no cap):"]
+        lines.append(
+            f"{'n_clusters':>10}{'clusters':>9}{'accuracy':>10}{'retrained/deletion':>20}"
+            f"{'build s':>9}"
+        )
+        for r in sweep:
+            lines.append(
+                f"{r['n_clusters']:>10}{r['clusters']:>9}{r['accuracy']:>10.2%}"
+                f"{r['retrain_samples']:>12.1f} ({r['retrain_share']:.1%})"
+                f"{r['build_s']:>9.1f}"
+            )
     return "\n".join(lines)

@@ -25,12 +25,13 @@ rank. ``evalreport.py`` turns these into the summary, the orderings and the tabl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -38,10 +39,11 @@ import torch
 from .config import Config, config_from_dict
 from .eraser import Eraser
 from .evalreport import Run, orderings, render, summarize
-from .executor import create_executor
+from .executor import Executor, create_executor
 from .ids import rank
 from .manifest import Manifest
 from .materialize import load_views
+from .model.backbone import Backbone
 from .model.features import ensure_features
 from .training.engine import logits_batch
 
@@ -67,6 +69,8 @@ def method_config(
             raise ValueError(f"the {method} baseline copies LMEraser's clusters: build it first")
         shares = list(sizes) if method == "random" else None
         c.update(free, n_clusters=len(sizes), method="random", shares=shares)
+    elif method.startswith("prompts="):
+        c.update(free, n_clusters=int(method.split("=")[1]), method="adaptive", shares=None)
     elif method != "lmeraser":
         raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     return config_from_dict(raw)
@@ -79,10 +83,21 @@ four methods on 2 cores, and the orderings show (LMEraser 81.7% against random's
 
 def quick_config(cfg: Config) -> Config:
     """``cfg`` with short training (``QUICK_TRAINING``, never longer than configured)."""
+    t = cfg.training
+    return with_training(
+        cfg,
+        min(t.epochs, QUICK_TRAINING["epochs"]),
+        min(t.min_steps, QUICK_TRAINING["min_steps"]),
+    )
+
+
+def with_training(cfg: Config, epochs: int | None, min_steps: int | None) -> Config:
+    """``cfg`` with these ``training.epochs`` and ``min_steps`` (None keeps it); the warmup
+    is shortened to fit."""
     raw = cfg.to_dict()
     t = raw["training"]
-    t["epochs"] = min(t["epochs"], QUICK_TRAINING["epochs"])
-    t["min_steps"] = min(t["min_steps"], QUICK_TRAINING["min_steps"])
+    t["epochs"] = t["epochs"] if epochs is None else epochs
+    t["min_steps"] = t["min_steps"] if min_steps is None else min_steps
     t["warmup_epochs"] = min(t["warmup_epochs"], t["epochs"])
     return config_from_dict(raw)
 
@@ -127,6 +142,51 @@ def ensemble_accuracy(er: Eraser) -> float:
     return float((votes.argmax(1) == labels).double().mean()) if test else 0.0
 
 
+RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+"""Shares of the training subjects forgotten, cumulatively, for the unlearning curve."""
+PROMPTS = (1, 2, 4, 8, 16, 32)
+"""Cluster counts (dendrogram cuts, no cap) for the accuracy-against-prompts sweep."""
+
+
+def unlearning_curve(er: Eraser, ratios: Sequence[float], seed: int) -> list[dict]:
+    """Held-out accuracy as training subjects are forgotten (paper, Fig. 6 left): at each
+    ratio, that share of the training subjects (in seeded rank order; a sample without a
+    subject is its own) is gone, each step one real ``Eraser.forget`` of the next ones."""
+    rows = er.store.rows("train")
+    subjects = sorted(
+        {r.subject_id or f"sample:{r.sample_id}" for r in rows},
+        key=lambda s: rank(seed, "evaluate unlearn", s),
+    )
+    m = er.registry.load()
+    out = [_point(0.0, 0, m, 0.0)]
+    done = 0
+    for ratio in ratios:
+        upto = round(ratio * len(subjects))
+        if ratio <= 0 or upto <= done:
+            continue
+        batch = subjects[done:upto]
+        t0 = time.perf_counter()
+        m = er.forget(
+            sample_ids=[s.removeprefix("sample:") for s in batch if s.startswith("sample:")],
+            subject_ids=[s for s in batch if not s.startswith("sample:")],
+        ).manifest
+        out.append(_point(ratio, upto, m, time.perf_counter() - t0))
+        done = upto
+    return out
+
+
+def _point(ratio: float, subjects: int, m: Manifest, seconds: float) -> dict:
+    return {
+        "ratio": ratio,
+        "subjects_forgotten": subjects,
+        "train": int(m.samples["train"]),
+        "accuracy": float(m.accuracy or 0.0),
+        "clusters": len(m.clusters),
+        "retrained": len(m.change.retrained),
+        "forget_s": seconds,
+    }
+
+
 def time_forgets(er: Eraser, n: int, seed: int) -> list[float]:
     """Wall seconds of ``n`` single forgets, of the training samples of lowest seeded rank."""
     train = [r.sample_id for r in er.store.rows("train")]
@@ -139,25 +199,64 @@ def time_forgets(er: Eraser, n: int, seed: int) -> list[float]:
     return out
 
 
+@dataclasses.dataclass
+class _Scratch:
+    """The evaluation's scratch directory: the ingested base store, and what builds on it."""
+
+    cfg: Config
+    work: Path
+    backbone: Backbone
+    executor: Executor
+    say: Callable[[str], object]
+
+    @contextlib.contextmanager
+    def built(
+        self, method: str, seed: int, sizes: Sequence[int] | None = None
+    ) -> Iterator[tuple[Eraser, Manifest, float]]:
+        """A fresh copy of the base store with ``method`` built on it at ``seed``: the
+        Eraser, the manifest and the build's seconds. The copy is deleted afterwards."""
+        state = self.work / f"{method}-seed{seed}"
+        shutil.copytree(self.work / "base", state)
+        try:
+            mcfg = method_config(self.cfg, method, seed, state, sizes)
+            with Eraser(mcfg, backbone=self.backbone, executor=self.executor) as er:
+                self.say(f"building {method}, seed {seed}")
+                t0 = time.perf_counter()
+                m = er.build()
+                seconds = time.perf_counter() - t0
+                self.say(
+                    f"{method}, seed {seed}: accuracy {(m.accuracy or 0):.2%}, "
+                    f"{len(m.clusters)} clusters, built in {seconds:.1f} s"
+                )
+                yield er, m, seconds
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+
 def evaluate(
     cfg: Config,
     seeds: Sequence[int],
     forgets: int,
     scratch: Path | None = None,
     methods: Sequence[str] = METHODS,
+    ratios: Sequence[float] = (),
+    prompts: Sequence[int] = (),
     say: Callable[[str], object] = log.info,
 ) -> dict:
     """Build every method with every seed in a new directory under ``scratch`` (the system's
-    temp dir by default), deleted at the end, and report (``evalreport``)."""
+    temp dir by default), deleted at the end, and report (``evalreport``). ``ratios``: the
+    unlearning curve of LMEraser at the first seed; ``prompts``: its accuracy at each of
+    these cluster counts."""
     if {"random", "sisa"} & set(methods) and "lmeraser" not in methods:
         raise ValueError("the random and sisa baselines copy LMEraser's clusters: add lmeraser")
     order = [m for m in METHODS if m in methods]
     runs: list[Run] = []
     forget_s: dict[str, list[float]] = {}
+    curve: list[dict] = []
+    sweep: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="eraserd-evaluate-", dir=scratch) as tmp:
         work = Path(tmp)
-        base = work / "base"
-        base_cfg = method_config(cfg, "lmeraser", cfg.seed, base)
+        base_cfg = method_config(cfg, "lmeraser", cfg.seed, work / "base")
         with Eraser(base_cfg) as er:
             say("ingesting the data and computing its features once")
             if er.store.is_empty():
@@ -166,32 +265,31 @@ def evaluate(
             backbone, classes = er.backbone, len(er.store.classes())
         params = cluster_params(cfg, backbone.num_features, classes)
         executor = create_executor(base_cfg, backbone)  # jobs carry their clusters and seeds
+        box = _Scratch(cfg, work, backbone, executor, say)
         try:
             for seed in seeds:
                 sizes: list[int] | None = None
                 for method in order:
-                    state = work / f"{method}-seed{seed}"
-                    shutil.copytree(base, state)
-                    mcfg = method_config(cfg, method, seed, state, sizes)
-                    try:
-                        with Eraser(mcfg, backbone=backbone, executor=executor) as er:
-                            say(f"building {method}, seed {seed}")
-                            t0 = time.perf_counter()
-                            m = er.build()
-                            run = _run(method, seed, m, time.perf_counter() - t0, params)
-                            if method == "sisa":
-                                run = dataclasses.replace(run, accuracy=ensemble_accuracy(er))
-                            runs.append(run)
-                            say(
-                                f"{method}, seed {seed}: accuracy {run.accuracy:.2%}, "
-                                f"{run.clusters} clusters, built in {run.build_s:.1f} s"
-                            )
-                            if method == "lmeraser":
-                                sizes = list(m.sizes.values())
-                            if seed == seeds[0] and forgets:
-                                forget_s[method] = time_forgets(er, forgets, seed)
-                    finally:
-                        shutil.rmtree(state, ignore_errors=True)
+                    with box.built(method, seed, sizes) as (er, m, seconds):
+                        run = _run(method, seed, m, seconds, params)
+                        if method == "sisa":
+                            run = dataclasses.replace(run, accuracy=ensemble_accuracy(er))
+                        runs.append(run)
+                        if method == "lmeraser":
+                            sizes = list(m.sizes.values())
+                        if seed == seeds[0] and forgets:
+                            forget_s[method] = time_forgets(er, forgets, seed)
+            if ratios:
+                with box.built("lmeraser", seeds[0]) as (er, _, _):
+                    curve = unlearning_curve(er, ratios, seeds[0])
+            for k in prompts:
+                with box.built(f"prompts={k}", seeds[0]) as (er, m, seconds):
+                    sweep.append(
+                        {
+                            "n_clusters": k,
+                            **_run(f"prompts={k}", seeds[0], m, seconds, params).to_dict(),
+                        }
+                    )
         finally:
             executor.close()
     summary = summarize(runs, forget_s, order)
@@ -200,5 +298,7 @@ def evaluate(
         "methods": summary,
         "runs": [r.to_dict() for r in runs],
         "orderings": checks,
-        "table": render(summary, checks),
+        "unlearning": curve,
+        "prompts": sweep,
+        "table": render(summary, checks, curve, sweep),
     }

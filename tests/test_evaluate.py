@@ -39,3 +39,47 @@ def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
     for claim, check in claims.items():
         assert check["holds"], f"{claim}: {check['detail']}"
     assert list(tmp_path.iterdir()) == [], "the scratch states were left behind"
+
+
+@pytest.mark.slow
+def test_the_ablations_forget_real_subjects_and_sweep_the_prompts(make_config, tmp_path):
+    """On the small real-digits config: the unlearning curve forgets the training subjects a
+    share at a time through real forgets (each sample of a forgotten subject leaves the
+    training set), and the sweep builds the asked cluster counts."""
+    from eraserd.eraser import Eraser
+    from eraserd.evaluation import evaluate
+
+    cfg = make_config("a")
+    with Eraser(cfg) as er:
+        er.ingest()
+        train = er.store.rows("train")
+    per_subject: dict[str, int] = {}
+    for r in train:
+        per_subject[r.subject_id or r.sample_id] = (
+            per_subject.get(r.subject_id or r.sample_id, 0) + 1
+        )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    report = evaluate(
+        cfg, [cfg.seed], 0, scratch, methods=("lmeraser",), ratios=(0.0, 0.25, 0.5), prompts=(1, 3)
+    )
+    curve = report["unlearning"]
+    assert [p["ratio"] for p in curve] == [0.0, 0.25, 0.5]
+    assert [p["subjects_forgotten"] for p in curve] == [
+        0,
+        round(0.25 * len(per_subject)),
+        round(0.5 * len(per_subject)),
+    ]
+    assert curve[0]["train"] == len(train)
+    sizes = sorted(per_subject.values())
+    for p in curve[1:]:  # the forgotten subjects' samples left, every one of them
+        k, removed = p["subjects_forgotten"], len(train) - p["train"]
+        assert sum(sizes[:k]) <= removed <= sum(sizes[-k:]), (k, removed)
+    assert curve[0]["train"] > curve[1]["train"] > curve[2]["train"]
+    assert all(0 < p["accuracy"] <= 1 for p in curve) and curve[1]["retrained"] >= 1
+    sweep = report["prompts"]
+    assert [(r["n_clusters"], r["clusters"]) for r in sweep] == [(1, 1), (3, 3)]
+    assert sweep[0]["retrain_share"] > 0.99 > sweep[1]["retrain_share"]
+    assert "as training subjects are forgotten" in report["table"]
+    assert "by number of prompts" in report["table"]
+    assert list(scratch.iterdir()) == []
