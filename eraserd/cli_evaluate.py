@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cliutil import command, emit
+from .cliutil import command, emit, raise_error
 
 
 @click.command()
@@ -43,6 +43,11 @@ from .cliutil import command, emit
     "--min-steps", type=click.IntRange(min=0), help="Override training.min_steps for every build."
 )
 @click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the figures (PNG, needs matplotlib) into this directory.",
+)
+@click.option(
     "--scratch",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the scratch states go (default: the system's temp dir); deleted at the end.",
@@ -57,12 +62,18 @@ def evaluate(
     ablations: bool,
     epochs: int | None,
     min_steps: int | None,
+    plots,
     scratch,
 ) -> None:
     """LMEraser against one prompt, random groups and SISA shards, each built anew."""
     from .evaluation import PROMPTS, RATIOS, quick_config, with_training
     from .evaluation import evaluate as run
 
+    if plots is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise_error("--plots needs matplotlib: pip install matplotlib")
     if quick:
         cfg, seeds, forgets = quick_config(cfg), 1, min(forgets, 1)
     cfg = with_training(cfg, epochs, min_steps)
@@ -75,4 +86,9 @@ def evaluate(
         prompts=PROMPTS if ablations else (),
         say=lambda line: None if as_json else click.echo(line, err=True),
     )
-    emit(as_json, {k: v for k, v in report.items() if k != "table"}, report["table"])
+    if plots is not None:
+        from .evalplots import plot_report
+
+        report["plots"] = [str(p) for p in plot_report(report, plots)]
+    text = report["table"] + "".join(f"\nwrote {p}" for p in report.get("plots", ()))
+    emit(as_json, {k: v for k, v in report.items() if k != "table"}, text)

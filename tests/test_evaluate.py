@@ -14,10 +14,22 @@ from cli_util import eraserd
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 
 
+def is_png(path: Path) -> bool:
+    """A PNG file of some substance (a figure, not an empty canvas's few bytes)."""
+    data = path.read_bytes()
+    return data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
 @pytest.mark.slow
 def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
-    out = eraserd("evaluate", "--quick", "--json", "-c", EXAMPLE, "--scratch", tmp_path)
+    scratch, plots = tmp_path / "scratch", tmp_path / "plots"
+    scratch.mkdir()
+    out = eraserd(
+        "evaluate", "--quick", "--json", "-c", EXAMPLE, "--scratch", scratch, "--plots", plots
+    )
     report = json.loads(out.stdout)
+    assert report["plots"] == [str(plots / "cost_per_deletion.png")]
+    assert is_png(plots / "cost_per_deletion.png")
     rows = {r["method"]: r for r in report["methods"]}
     assert list(rows) == ["lmeraser", "single", "random", "sisa"]
     record_property(
@@ -38,7 +50,7 @@ def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
     assert len(claims) == 2
     for claim, check in claims.items():
         assert check["holds"], f"{claim}: {check['detail']}"
-    assert list(tmp_path.iterdir()) == [], "the scratch states were left behind"
+    assert list(scratch.iterdir()) == [], "the scratch states were left behind"
 
 
 @pytest.mark.slow
@@ -83,3 +95,12 @@ def test_the_ablations_forget_real_subjects_and_sweep_the_prompts(make_config, t
     assert "as training subjects are forgotten" in report["table"]
     assert "by number of prompts" in report["table"]
     assert list(scratch.iterdir()) == []
+    from eraserd.evalplots import plot_report
+
+    written = plot_report(report, tmp_path / "plots")
+    assert [p.name for p in written] == [
+        "cost_per_deletion.png",
+        "accuracy_vs_unlearning_ratio.png",
+        "accuracy_vs_prompts.png",
+    ]
+    assert all(is_png(p) for p in written)
