@@ -62,6 +62,13 @@ def test_example_config_loads_and_resolves_state_dir():
     assert isinstance(cfg.training.warmup_epochs, float)
 
 
+def test_the_lfw_example_config_loads():
+    cfg = load_config(REPO / "examples" / "lfw.yaml")
+    assert cfg.data.source == "builtin:lfw"
+    assert cfg.state_dir == (REPO / "state-lfw").resolve()
+    assert cfg.clustering.n_clusters == 8 and cfg.clustering.distance_threshold is None
+
+
 @pytest.mark.parametrize(
     ("raw", "prefix"),
     [

@@ -45,6 +45,28 @@ def test_builtin_digits_has_real_digits_and_subjects(tmp_path):
         assert store.read_object(row).startswith(b"\x89PNG")
 
 
+def test_builtin_lfw_has_real_faces_and_non_faces(tmp_path):
+    """scikit-image's real lfw_subset: 100 faces, then 100 non-faces, 25 x 25 grayscale."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    src = open_source(DataConfig(source="builtin:lfw"))
+    samples = list(src.samples())
+    assert src.classes == ("face", "non-face") and len(samples) == 200
+    assert [s.label for s in samples] == ["face"] * 100 + ["non-face"] * 100
+    assert len({s.sample_id for s in samples}) == 200 and samples[0].subject_id is None
+    pixels = np.asarray(Image.open(io.BytesIO(samples[7].read())))
+    assert pixels.shape == (25, 25) and pixels.dtype == np.uint8
+    assert np.array_equal(pixels, np.rint(lfw_subset()[7] * 255).astype(np.uint8))
+    with Store(tmp_path / "s") as store:
+        assert store.ingest(src, all_train) == 200
+    with pytest.raises(DataError, match="face and non-face only"):
+        open_source(DataConfig(source="builtin:lfw", classes=("a", "b")))
+
+
 def test_image_folder_ids_are_relative_paths(tmp_path, digits_data):
     root = tmp_path / "folder"
     for i, label in enumerate(["3", "3", "7"]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .loading import REMOVED, config_from_dict, load_config, yaml_problem
 from .sections import (
     BUILTIN_DIGITS,
+    BUILTIN_LFW,
     BUILTIN_LITE0,
     AugmentConfig,
     BackboneConfig,
@@ -28,6 +29,7 @@ from .sections import (
 
 __all__ = [
     "BUILTIN_DIGITS",
+    "BUILTIN_LFW",
     "BUILTIN_LITE0",
     "REMOVED",
     "AugmentConfig",

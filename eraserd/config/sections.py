@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 BUILTIN_DIGITS = "builtin:digits"
+BUILTIN_LFW = "builtin:lfw"
 BUILTIN_LITE0 = "builtin:efficientnet_lite0"
 
 
@@ -23,7 +24,8 @@ def _check(cond: bool, message: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = BUILTIN_DIGITS
-    """``builtin:digits``, an image folder (one subfolder per class) or a manifest ``.csv``."""
+    """``builtin:digits``, ``builtin:lfw``, an image folder (one subfolder per class) or a
+    manifest ``.csv``."""
     test_fraction: float = 0.2
     """Share of subjects held out for reporting accuracy; never trained on."""
     classes: tuple[str, ...] | None = None

@@ -1,4 +1,4 @@
-"""Private data sources: the builtin digits, an image folder, or a manifest CSV.
+"""Private data sources: the builtin digits or faces, an image folder, or a manifest CSV.
 
 A source yields ``SourceSample`` records lazily; nothing here writes to disk. Validation that
 needs the bytes (readable image?) happens in the store's ingest, which is all-or-nothing.
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import BUILTIN_DIGITS, DataConfig
+from ..config import BUILTIN_DIGITS, BUILTIN_LFW, DataConfig
 from ..errors import DataError
 
 DIGITS_PER_SUBJECT = 3
@@ -40,8 +40,12 @@ class Source:
 def open_source(cfg: DataConfig) -> Source:
     if cfg.source == BUILTIN_DIGITS:
         return _digits(cfg)
+    if cfg.source == BUILTIN_LFW:
+        return _lfw(cfg)
     if cfg.source.startswith("builtin:"):
-        raise DataError(f"data.source: unknown builtin {cfg.source!r} (known: {BUILTIN_DIGITS})")
+        raise DataError(
+            f"data.source: unknown builtin {cfg.source!r} (known: {BUILTIN_DIGITS}, {BUILTIN_LFW})"
+        )
     path = Path(cfg.source)
     if not path.exists():
         raise DataError(f"data.source: path does not exist: {path}")
@@ -75,11 +79,46 @@ def _digits(cfg: DataConfig) -> Source:
     return Source("builtin:digits (scikit-learn load_digits)", classes, samples)
 
 
+LFW_CLASSES = ("face", "non-face")
+
+
+def _lfw(cfg: DataConfig) -> Source:
+    """scikit-image's ``data.lfw_subset()``: 200 real 25 x 25 grayscale crops, the first 100
+    faces from Labeled Faces in the Wild and the other 100 not faces. Each is its own
+    subject (the subset names no people). Needs scikit-image."""
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        raise DataError(
+            "data.source: builtin:lfw needs scikit-image (pip install scikit-image)"
+        ) from None
+    if cfg.classes is not None and tuple(cfg.classes) != LFW_CLASSES:
+        raise DataError("data.classes: builtin:lfw has the classes face and non-face only")
+
+    def samples() -> Iterator[SourceSample]:
+        images = skdata.lfw_subset()  # float64 in [0, 1], a plain .npy (no pickle)
+        for i, image in enumerate(images):
+            yield SourceSample(
+                sample_id=f"lfw-{i:03d}",
+                subject_id=None,
+                label=LFW_CLASSES[0] if i < len(images) // 2 else LFW_CLASSES[1],
+                read=functools.partial(_gray_png, image, 1.0),
+                origin=f"lfw_subset[{i}]",
+            )
+
+    return Source("builtin:lfw (scikit-image data.lfw_subset)", LFW_CLASSES, samples)
+
+
 def _digit_png(image) -> bytes:
+    return _gray_png(image, 16.0)
+
+
+def _gray_png(image, top: float) -> bytes:
+    """A grayscale PNG of an array whose values run from 0 to ``top``."""
     import numpy as np
     from PIL import Image
 
-    pixels = np.clip(np.rint(image * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    pixels = np.clip(np.rint(image * (255.0 / top)), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buf, format="PNG")
     return buf.getvalue()
