@@ -50,24 +50,30 @@ def _cost(plt, methods: Sequence[Mapping], path: Path) -> Path:
 
 
 def _unlearning(plt, curve: Sequence[Mapping], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([p["ratio"] * 100 for p in curve], [p["accuracy"] * 100 for p in curve], "o-")
-    ax.set_xlabel("training subjects forgotten (%)")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("LMEraser as data is unlearned")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    xs = [p["ratio"] * 100 for p in curve]
+    ys = [p["accuracy"] * 100 for p in curve]
+    return _line(
+        plt, xs, ys, "training subjects forgotten (%)", "LMEraser as data is unlearned", path
+    )
 
 
 def _prompts(plt, sweep: Sequence[Mapping], path: Path) -> Path:
+    xs = [r["clusters"] for r in sweep]
+    ys = [r["accuracy"] * 100 for r in sweep]
+    return _line(
+        plt, xs, ys, "prompts (clusters)", "LMEraser by number of prompts", path, log2=True
+    )
+
+
+def _line(plt, xs, ys, xlabel: str, title: str, path: Path, log2: bool = False) -> Path:
+    """Held-out accuracy against ``xs``, as one line with markers."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([r["clusters"] for r in sweep], [r["accuracy"] * 100 for r in sweep], "o-")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("prompts (clusters)")
+    ax.plot(xs, ys, "o-")
+    if log2:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("LMEraser by number of prompts")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
