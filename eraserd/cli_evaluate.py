@@ -49,7 +49,7 @@ from .cliutil import command, emit, raise_error
 )
 @click.option(
     "--scratch",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, writable=True, path_type=Path),
     help="Where the scratch states go (default: the system's temp dir); deleted at the end.",
 )
 @command
@@ -74,6 +74,10 @@ def evaluate(
             import matplotlib  # noqa: F401
         except ImportError:
             raise_error("--plots needs matplotlib: pip install matplotlib")
+        try:  # before the builds, so a bad directory fails now, not after them
+            plots.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise_error(f"--plots: cannot create {plots}: {exc.strerror}")
     if quick:
         cfg, seeds, forgets = quick_config(cfg), 1, min(forgets, 1)
     cfg = with_training(cfg, epochs, min_steps)

@@ -104,3 +104,15 @@ def test_the_ablations_forget_real_subjects_and_sweep_the_prompts(make_config, t
         "accuracy_vs_prompts.png",
     ]
     assert all(is_png(p) for p in written)
+
+
+def test_bad_plot_and_scratch_directories_fail_before_any_build(tmp_path):
+    """A directory the run could not write is refused at once, with its name: not after the
+    builds (the full run takes most of an hour)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = eraserd("evaluate", "-c", EXAMPLE, "--plots", blocker / "plots", check=False)
+    assert bad.returncode != 0 and "--plots: cannot create" in bad.stderr
+    missing = eraserd("evaluate", "-c", EXAMPLE, "--scratch", tmp_path / "nope", check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
