@@ -65,7 +65,7 @@ def evaluate(
     plots,
     scratch,
 ) -> None:
-    """LMEraser against one prompt, random groups and SISA shards, each built anew."""
+    """LMEraser against one prompt, random groups, a shared head and SISA shards."""
     from .evaluation import PROMPTS, RATIOS, quick_config, with_training
     from .evaluation import evaluate as run
 

@@ -28,7 +28,10 @@ class Run:
     retrain_compute: float
     """Its expected training work, over that of one prompt trained on all the data."""
     cluster_params: int
-    """Trainable parameters of one cluster: its prompt and its head."""
+    """Trainable parameters of one cluster: its prompt and its head (its prompt alone when
+    the head is shared)."""
+    shared_params: int = 0
+    """Trainable parameters every deletion retrains besides its clusters': a shared head."""
 
     @property
     def retrain_samples(self) -> float:
@@ -36,7 +39,7 @@ class Run:
 
     @property
     def retrain_params(self) -> float:
-        return self.retrain_clusters * self.cluster_params
+        return self.retrain_clusters * self.cluster_params + self.shared_params
 
     def to_dict(self) -> dict:
         return {

@@ -8,6 +8,9 @@ Methods (``METHODS``, in this order):
 - ``random``: as many groups as LMEraser's partition at the same seed, with its cluster
   sizes as the expected shares (``clustering.method: random``, ``randomsplit.py``); an
   input is routed to one group as configured.
+- ``shared``: LMEraser's clusters, routing and prompts with one head shared by all of them,
+  trained after the prompts on all the data (``sharedhead.py``): every deletion retrains that
+  head on every training sample.
 - ``sisa``: SISA-style shards over the same trainable parts: as many equal random groups,
   each with its own prompt and head, and every input answered by all of them together (the
   mean of their softmax outputs), not routed. A deletion retrains its own shard.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import shutil
 import tempfile
@@ -45,11 +49,12 @@ from .manifest import Manifest
 from .materialize import load_views
 from .model.backbone import Backbone
 from .model.features import ensure_features
+from .sharedhead import shared_head_run
 from .training.engine import logits_batch
 
 log = logging.getLogger("eraserd.evaluate")
 
-METHODS = ("lmeraser", "single", "random", "sisa")
+METHODS = ("lmeraser", "single", "random", "shared", "sisa")
 
 
 def method_config(
@@ -102,11 +107,20 @@ def with_training(cfg: Config, epochs: int | None, min_steps: int | None) -> Con
     return config_from_dict(raw)
 
 
-def cluster_params(cfg: Config, num_features: int, num_classes: int) -> int:
-    """Trainable parameters of one cluster: its border prompt's pixels (3 channels) and its
-    linear head (weights and biases)."""
+def prompt_params(cfg: Config) -> int:
+    """Trainable parameters of one border prompt: its pixels, 3 channels."""
     s, w = cfg.backbone.image_size, cfg.prompt.width
-    return 3 * (s * s - (s - 2 * w) ** 2) + (num_features + 1) * num_classes
+    return 3 * (s * s - (s - 2 * w) ** 2)
+
+
+def head_params(num_features: int, num_classes: int) -> int:
+    """Trainable parameters of one linear head: weights and biases."""
+    return (num_features + 1) * num_classes
+
+
+def cluster_params(cfg: Config, num_features: int, num_classes: int) -> int:
+    """Trainable parameters of one cluster: its border prompt and its linear head."""
+    return prompt_params(cfg) + head_params(num_features, num_classes)
 
 
 def _run(method: str, seed: int, m: Manifest, build_s: float, params: int) -> Run:
@@ -187,16 +201,42 @@ def _point(ratio: float, subjects: int, m: Manifest, seconds: float) -> dict:
     }
 
 
-def time_forgets(er: Eraser, n: int, seed: int) -> list[float]:
-    """Wall seconds of ``n`` single forgets, of the training samples of lowest seeded rank."""
+def time_forgets(
+    er: Eraser, n: int, seed: int, then: Callable[[], object] | None = None
+) -> tuple[list[float], list[float]]:
+    """Wall seconds of ``n`` single forgets, of the training samples of lowest seeded rank,
+    and of ``then`` run after each (empty without it)."""
     train = [r.sample_id for r in er.store.rows("train")]
     victims = sorted(train, key=lambda i: rank(seed, "evaluate forget", i))[:n]
-    out = []
+    out: list[float] = []
+    after: list[float] = []
     for victim in victims:
         t0 = time.perf_counter()
         er.forget(sample_ids=[victim])
         out.append(time.perf_counter() - t0)
-    return out
+        if then is not None:
+            t0 = time.perf_counter()
+            then()
+            after.append(time.perf_counter() - t0)
+    return out, after
+
+
+def shared_run(er: Eraser, lm: Run, seed: int, num_features: int, classes: int) -> Run:
+    """The shared-head baseline on ``er``'s LMEraser build (``lm``, its run): the same
+    clusters and prompts, one head trained on all the data. A deletion retrains its
+    clusters' prompts as LMEraser's does and the head on every sample: one backbone pass
+    each, counted as a full training step in the work share (an upper bound)."""
+    accuracy, head_s = shared_head_run(er, seed)
+    return dataclasses.replace(
+        lm,
+        method="shared",
+        accuracy=accuracy,
+        build_s=lm.build_s + head_s,
+        retrain_share=1.0,
+        retrain_compute=lm.retrain_compute + 1 / er.cfg.training.epochs_for(lm.train),
+        cluster_params=prompt_params(er.cfg),
+        shared_params=head_params(num_features, classes),
+    )
 
 
 @dataclasses.dataclass
@@ -211,26 +251,69 @@ class _Scratch:
 
     @contextlib.contextmanager
     def built(
-        self, method: str, seed: int, sizes: Sequence[int] | None = None
+        self, method: str, seed: int, sizes: Sequence[int] | None = None, keep: str | None = None
     ) -> Iterator[tuple[Eraser, Manifest, float]]:
         """A fresh copy of the base store with ``method`` built on it at ``seed``: the
-        Eraser, the manifest and the build's seconds. The copy is deleted afterwards."""
-        state = self.work / f"{method}-seed{seed}"
-        shutil.copytree(self.work / "base", state)
+        Eraser, the manifest and the build's seconds. The copy is deleted afterwards; with
+        ``keep``, a copy of the built state is kept under that name first (``opened``)."""
+        with self._state(f"{method}-seed{seed}", self.work / "base", method, seed, sizes) as er:
+            self.say(f"building {method}, seed {seed}")
+            t0 = time.perf_counter()
+            m = er.build()
+            seconds = time.perf_counter() - t0
+            self.say(
+                f"{method}, seed {seed}: accuracy {(m.accuracy or 0):.2%}, "
+                f"{len(m.clusters)} clusters, built in {seconds:.1f} s"
+            )
+            if keep is not None:  # nothing writes between the build's commit and the copy
+                shutil.copytree(er.cfg.state_dir, self.work / keep)
+            yield er, m, seconds
+
+    @contextlib.contextmanager
+    def opened(self, name: str, seed: int) -> Iterator[Eraser]:
+        """The LMEraser state kept as ``name`` by ``built``, deleted afterwards."""
+        with self._state(name, None, "lmeraser", seed, None) as er:
+            yield er
+
+    @contextlib.contextmanager
+    def _state(
+        self, name: str, source: Path | None, method: str, seed: int, sizes: Sequence[int] | None
+    ) -> Iterator[Eraser]:
+        state = self.work / name
         try:
+            if source is not None:
+                shutil.copytree(source, state)
             mcfg = method_config(self.cfg, method, seed, state, sizes)
             with Eraser(mcfg, backbone=self.backbone, executor=self.executor) as er:
-                self.say(f"building {method}, seed {seed}")
-                t0 = time.perf_counter()
-                m = er.build()
-                seconds = time.perf_counter() - t0
-                self.say(
-                    f"{method}, seed {seed}: accuracy {(m.accuracy or 0):.2%}, "
-                    f"{len(m.clusters)} clusters, built in {seconds:.1f} s"
-                )
-                yield er, m, seconds
+                yield er
         finally:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def _measure(
+    er: Eraser,
+    run: Run,
+    forgets: int,
+    shared: bool,
+    dim: int,
+    classes: int,
+) -> tuple[list[Run], dict[str, list[float]]]:
+    """``run``'s method measured on its build ``er``: its accuracy (SISA's by its vote), the
+    shared-head baseline on LMEraser's build when ``shared``, and ``forgets`` timed forgets
+    (for the shared head, each forget's time plus its head's retraining)."""
+    if run.method == "sisa":
+        run = dataclasses.replace(run, accuracy=ensemble_accuracy(er))
+    runs = [run]
+    if shared:
+        runs.append(shared_run(er, run, run.seed, dim, classes))
+    if not forgets:
+        return runs, {}
+    head = functools.partial(shared_head_run, er, run.seed) if shared else None
+    times, heads = time_forgets(er, forgets, run.seed, head)
+    out = {run.method: times}
+    if shared:
+        out["shared"] = [a + b for a, b in zip(times, heads)]
+    return runs, out
 
 
 def evaluate(
@@ -247,8 +330,10 @@ def evaluate(
     temp dir by default), deleted at the end, and report (``evalreport``). ``ratios``: the
     unlearning curve of LMEraser at the first seed; ``prompts``: its accuracy at each of
     these cluster counts."""
-    if {"random", "sisa"} & set(methods) and "lmeraser" not in methods:
-        raise ValueError("the random and sisa baselines copy LMEraser's clusters: add lmeraser")
+    if {"random", "shared", "sisa"} & set(methods) and "lmeraser" not in methods:
+        raise ValueError(
+            "the random, shared and sisa baselines copy LMEraser's clusters: add lmeraser"
+        )
     order = [m for m in METHODS if m in methods]
     runs: list[Run] = []
     forget_s: dict[str, list[float]] = {}
@@ -263,33 +348,42 @@ def evaluate(
                 er.ingest()
             ensure_features(er.store, er.backbone, er.store.rows())
             backbone, classes = er.backbone, len(er.store.classes())
-        params = cluster_params(cfg, backbone.num_features, classes)
+        dim = backbone.num_features
+        params = cluster_params(cfg, dim, classes)
         executor = create_executor(base_cfg, backbone)  # jobs carry their clusters and seeds
         box = _Scratch(cfg, work, backbone, executor, say)
         try:
             for seed in seeds:
+                first = seed == seeds[0]
                 sizes: list[int] | None = None
                 for method in order:
-                    with box.built(method, seed, sizes) as (er, m, seconds):
-                        run = _run(method, seed, m, seconds, params)
-                        if method == "sisa":
-                            run = dataclasses.replace(run, accuracy=ensemble_accuracy(er))
-                        runs.append(run)
+                    if method == "shared":  # measured on LMEraser's build
+                        continue
+                    keep = "curve" if method == "lmeraser" and first and ratios else None
+                    with box.built(method, seed, sizes, keep) as (er, m, seconds):
                         if method == "lmeraser":
                             sizes = list(m.sizes.values())
-                        if seed == seeds[0] and forgets:
-                            forget_s[method] = time_forgets(er, forgets, seed)
-            if ratios:
-                with box.built("lmeraser", seeds[0]) as (er, _, _):
+                        new, times = _measure(
+                            er,
+                            _run(method, seed, m, seconds, params),
+                            forgets if first else 0,
+                            method == "lmeraser" and "shared" in order,
+                            dim,
+                            classes,
+                        )
+                        runs += new
+                        forget_s.update(times)
+            if ratios:  # from seed 0's LMEraser build, kept before its timed forgets
+                with box.opened("curve", seeds[0]) as er:
                     curve = unlearning_curve(er, ratios, seeds[0])
             for k in prompts:
+                one = [r for r in runs if k == 1 and r.method == "single" and r.seed == seeds[0]]
+                if one:  # one prompt: the single baseline, already built
+                    sweep.append({"n_clusters": 1, **one[0].to_dict()})
+                    continue
                 with box.built(f"prompts={k}", seeds[0]) as (er, m, seconds):
-                    sweep.append(
-                        {
-                            "n_clusters": k,
-                            **_run(f"prompts={k}", seeds[0], m, seconds, params).to_dict(),
-                        }
-                    )
+                    run = _run(f"prompts={k}", seeds[0], m, seconds, params)
+                    sweep.append({"n_clusters": k, **run.to_dict()})
         finally:
             executor.close()
     summary = summarize(runs, forget_s, order)

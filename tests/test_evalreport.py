@@ -67,3 +67,13 @@ def test_the_table_names_every_method_and_each_ordering():
     assert lines[1].split()[:2] == ["lmeraser", "2"] and "92.00% ± 2.83%" in lines[1]
     assert "1.50" in lines[1] and lines[2].rstrip().endswith("-")
     assert sum(line.startswith("holds: ") for line in lines) == 2
+
+
+def test_a_shared_head_is_retrained_by_every_deletion_besides_its_clusters():
+    import dataclasses
+
+    shared = dataclasses.replace(run("shared", 0, 0.9, 1.0, 1.5), cluster_params=40)
+    shared = dataclasses.replace(shared, shared_params=60)
+    assert shared.retrain_params == 1.5 * 40 + 60
+    assert shared.to_dict()["retrain_params"] == 120.0
+    assert shared.retrain_samples == 1000

@@ -31,7 +31,7 @@ def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
     assert report["plots"] == [str(plots / "cost_per_deletion.png")]
     assert is_png(plots / "cost_per_deletion.png")
     rows = {r["method"]: r for r in report["methods"]}
-    assert list(rows) == ["lmeraser", "single", "random", "sisa"]
+    assert list(rows) == ["lmeraser", "single", "random", "shared", "sisa"]
     record_property(
         "summary",
         "evaluate --quick: "
@@ -40,10 +40,18 @@ def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
             for m, r in rows.items()
         ),
     )
-    lm, single, rnd, sisa = (rows[m] for m in ("lmeraser", "single", "random", "sisa"))
+    lm, single, rnd, shared, sisa = (
+        rows[m] for m in ("lmeraser", "single", "random", "shared", "sisa")
+    )
     assert single["clusters_mean"] == 1 and lm["clusters_mean"] >= 5
     assert rnd["clusters_mean"] == lm["clusters_mean"] == sisa["clusters_mean"]
     assert single["retrain_share_mean"] > 0.99  # one prompt: every deletion retrains it all
+    # The shared head: LMEraser's clusters, and every deletion retrains the head on all the
+    # data, after the same forget as LMEraser's.
+    assert shared["clusters_mean"] == lm["clusters_mean"]
+    assert shared["retrain_share_mean"] == 1.0
+    assert shared["retrain_compute_mean"] > lm["retrain_compute_mean"]
+    assert shared["forget_s"][0] > lm["forget_s"][0]
     assert all(len(r["forget_s"]) == 1 and r["forget_s"][0] > 0 for r in rows.values())
     assert all(0 < r["accuracy_mean"] <= 1 and r["accuracy_sd"] == 0 for r in rows.values())
     claims = {c["claim"]: c for c in report["orderings"]}
@@ -57,7 +65,8 @@ def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
 def test_the_ablations_forget_real_subjects_and_sweep_the_prompts(make_config, tmp_path):
     """On the small real-digits config: the unlearning curve forgets the training subjects a
     share at a time through real forgets (each sample of a forgotten subject leaves the
-    training set), and the sweep builds the asked cluster counts."""
+    training set), and the sweep builds the asked cluster counts (one prompt is the single
+    baseline's build)."""
     from eraserd.eraser import Eraser
     from eraserd.evaluation import evaluate
 
@@ -73,7 +82,13 @@ def test_the_ablations_forget_real_subjects_and_sweep_the_prompts(make_config, t
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     report = evaluate(
-        cfg, [cfg.seed], 0, scratch, methods=("lmeraser",), ratios=(0.0, 0.25, 0.5), prompts=(1, 3)
+        cfg,
+        [cfg.seed],
+        1,
+        scratch,
+        methods=("lmeraser", "single"),
+        ratios=(0.0, 0.25, 0.5),
+        prompts=(1, 3),
     )
     curve = report["unlearning"]
     assert [p["ratio"] for p in curve] == [0.0, 0.25, 0.5]
@@ -82,7 +97,10 @@ def test_the_ablations_forget_real_subjects_and_sweep_the_prompts(make_config, t
         round(0.25 * len(per_subject)),
         round(0.5 * len(per_subject)),
     ]
+    # The curve starts from the first seed's build as it was before its timed forget.
     assert curve[0]["train"] == len(train)
+    lm = next(r for r in report["runs"] if r["method"] == "lmeraser")
+    assert curve[0]["accuracy"] == lm["accuracy"] and curve[0]["clusters"] == lm["clusters"]
     sizes = sorted(per_subject.values())
     for p in curve[1:]:  # the forgotten subjects' samples left, every one of them
         k, removed = p["subjects_forgotten"], len(train) - p["train"]
@@ -91,6 +109,8 @@ def test_the_ablations_forget_real_subjects_and_sweep_the_prompts(make_config, t
     assert all(0 < p["accuracy"] <= 1 for p in curve) and curve[1]["retrained"] >= 1
     sweep = report["prompts"]
     assert [(r["n_clusters"], r["clusters"]) for r in sweep] == [(1, 1), (3, 3)]
+    single = next(r for r in report["runs"] if r["method"] == "single")
+    assert sweep[0] == {"n_clusters": 1, **single}  # one prompt: the single baseline's build
     assert sweep[0]["retrain_share"] > 0.99 > sweep[1]["retrain_share"]
     assert "as training subjects are forgotten" in report["table"]
     assert "by number of prompts" in report["table"]

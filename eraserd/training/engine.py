@@ -423,6 +423,19 @@ def train_cluster(
 
 
 @torch.no_grad()
+def prompted_features(
+    backbone: Backbone, prompt: torch.Tensor, images: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
+    """Backbone features (float32, on the CPU) of canonical views under one prompt."""
+    prompt = prompt.to(backbone.device)
+    out = []
+    for lo in range(0, images.shape[0], batch_size):
+        x = backbone.prepare_input(backbone.normalize(images[lo : lo + batch_size]) + prompt)
+        out.append(backbone.trainer(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, backbone.num_features)
+
+
+@torch.no_grad()
 def logits_batch(
     backbone: Backbone,
     prompt: torch.Tensor,
