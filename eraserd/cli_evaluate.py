@@ -88,7 +88,7 @@ def evaluate(
         scratch,
         ratios=RATIOS if ablations else (),
         prompts=PROMPTS if ablations else (),
-        say=lambda line: None if as_json else click.echo(line, err=True),
+        say=lambda line: click.echo(line, err=True),  # progress: stderr, --json too
     )
     if plots is not None:
         from .evalplots import plot_report

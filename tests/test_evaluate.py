@@ -28,6 +28,8 @@ def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
         "evaluate", "--quick", "--json", "-c", EXAMPLE, "--scratch", scratch, "--plots", plots
     )
     report = json.loads(out.stdout)
+    # Progress goes to stderr, with --json too: the full run takes 20 minutes.
+    assert "building lmeraser, seed 0" in out.stderr and "building sisa, seed 0" in out.stderr
     assert report["plots"] == [str(plots / "cost_per_deletion.png")]
     assert is_png(plots / "cost_per_deletion.png")
     rows = {r["method"]: r for r in report["methods"]}
