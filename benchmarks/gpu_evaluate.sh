@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepared GPU run of `eraserd evaluate` (LMEraser against one prompt, random groups, a shared
-# head and SISA shards) for one GPU (device tool), timing only: ViT-B/16 @ 224 with random weights, so the
-# accuracies mean nothing; build and forget times, and the retrained share per deletion, do.
+# head and SISA shards) for one GPU (device tool), timing only: ViT-B/16 @ 224 with random
+# weights, so the accuracies mean nothing; build and forget times, and the retrained share per
+# deletion, do.
 # On the real digits (resized to 224), 16 clusters (a dendrogram cut), 2 epochs, packed
 # non-deterministic retunes in bf16 (runtime.deterministic: false), one seed, 5 timed forgets.
 #
