@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
-from pathlib import Path
 
 from .audit import AUDIT_FILE, AuditLog, check_chain
 from .compare import compare_manifests, differences
 from .eraser import Eraser
 from .errors import ConfigError
+from .scratchdirs import VERIFY, make_owned
 
 
 def audit_verify(er: Eraser) -> dict:
@@ -92,7 +91,7 @@ def verify(er: Eraser) -> dict:
             "and rebuilt in deterministic mode; packed mode (deterministic: false) matches a "
             "rebuild only up to float rounding"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=".verify-", dir=er.cfg.state_dir))
+    tmp = make_owned(er.cfg.state_dir, VERIFY)  # swept if this process is killed
     try:
         shutil.copy2(er.cfg.state_dir / "secret", tmp / "secret")
         er.store.copy_live_to(tmp)

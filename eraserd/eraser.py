@@ -27,6 +27,7 @@ from .model.features import ensure_features
 from .model.predictor import Predictor
 from .progress import bar
 from .registry import Registry
+from .scratchdirs import VERIFY, sweep_stale
 from .training.engine import configure_torch
 from .unlearning import Settings, decide
 from .withdrawn import Withheld, withdrawn_clusters
@@ -56,6 +57,7 @@ class Eraser:
         configure_torch(cfg.runtime)
         self.store = Store(cfg.state_dir)
         self.registry = Registry(cfg.state_dir)
+        sweep_stale(cfg.state_dir, VERIFY)  # copies of private data a killed verify left
         self._backbone = backbone
         self._executor: Executor | None = executor
         self._owns_executor = executor is None
@@ -213,6 +215,8 @@ class Eraser:
         and "purging" (fault points of the crash tests, ``faults.py``).
         """
         emit = events or (lambda name: None)
+        # A killed verify's copy would keep the samples this forget erases: gone first.
+        sweep_stale(self.cfg.state_dir, VERIFY)
         if lenient:
             rows, _, _ = self.store.classify(sample_ids, subject_ids)
         else:

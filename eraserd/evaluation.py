@@ -18,7 +18,8 @@ Methods (``METHODS``, in this order):
 The configured data is ingested and its features computed once, in ``work/base``; each run
 builds on a copy of that store, so every method and seed sees the same held-out split (the
 configured seed's) and the seeds vary the clustering sample and training only. The copies
-hold the private images: each is deleted as soon as its run ends, and ``work`` with them.
+hold the private images: each is deleted as soon as its run ends, and ``work`` with them;
+the ``work`` of an evaluation that was killed is deleted by the next one (``scratchdirs``).
 
 Per run: held-out accuracy, build seconds, and what a random single deletion retrains (the
 manifest's cost: samples, clusters, and prompt and head parameters). Per method, on its first
@@ -49,6 +50,7 @@ from .manifest import Manifest
 from .materialize import load_views
 from .model.backbone import Backbone
 from .model.features import ensure_features
+from .scratchdirs import EVALUATE, make_owned, sweep_stale
 from .sharedhead import shared_head_run
 from .training.engine import logits_batch
 
@@ -339,8 +341,11 @@ def evaluate(
     forget_s: dict[str, list[float]] = {}
     curve: list[dict] = []
     sweep: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="eraserd-evaluate-", dir=scratch) as tmp:
-        work = Path(tmp)
+    root = scratch if scratch is not None else Path(tempfile.gettempdir())
+    for stale in sweep_stale(root, EVALUATE):
+        say(f"removed {stale}: the scratch states of an evaluation that was killed")
+    work = make_owned(root, EVALUATE)  # private copies of the data: swept if this is killed
+    try:
         base_cfg = method_config(cfg, "lmeraser", cfg.seed, work / "base")
         with Eraser(base_cfg) as er:
             say("ingesting the data and computing its features once")
@@ -386,6 +391,8 @@ def evaluate(
                     sweep.append({"n_clusters": k, **run.to_dict()})
         finally:
             executor.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     summary = summarize(runs, forget_s, order)
     checks = orderings(summary)
     return {

@@ -22,14 +22,22 @@ def is_png(path: Path) -> bool:
 
 @pytest.mark.slow
 def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
+    from test_scratchdirs import dead_pid
+
+    from eraserd.scratchdirs import EVALUATE, OWNER, make_owned
+
     scratch, plots = tmp_path / "scratch", tmp_path / "plots"
     scratch.mkdir()
+    killed = make_owned(scratch, EVALUATE)  # as a SIGKILLed run leaves its private copies
+    (killed / "base").mkdir()
+    (killed / OWNER).write_text(f"{dead_pid()}\n")
     out = eraserd(
         "evaluate", "--quick", "--json", "-c", EXAMPLE, "--scratch", scratch, "--plots", plots
     )
     report = json.loads(out.stdout)
     # Progress goes to stderr, with --json too: the full run takes 20 minutes.
     assert "building lmeraser, seed 0" in out.stderr and "building sisa, seed 0" in out.stderr
+    assert f"removed {killed}" in out.stderr and not killed.exists()
     assert report["plots"] == [str(plots / "cost_per_deletion.png")]
     assert is_png(plots / "cost_per_deletion.png")
     rows = {r["method"]: r for r in report["methods"]}
