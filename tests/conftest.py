@@ -12,6 +12,7 @@ import eraserd  # noqa: F401  # isort: skip  (first: caps OpenMP spinning before
 import csv
 import io
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -155,6 +156,13 @@ def lite0_32():
 
     cfg = config_from_dict(small_raw(Path("unused"), "builtin:digits"))
     return load_backbone(cfg.backbone, cfg.runtime)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped): the owner of a killed run."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def tree_bytes(root: Path) -> list[tuple[Path, bytes]]:

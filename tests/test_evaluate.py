@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_util import eraserd
+from conftest import dead_pid
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 
@@ -22,8 +23,6 @@ def is_png(path: Path) -> bool:
 
 @pytest.mark.slow
 def test_quick_evaluation_holds_the_papers_orderings(tmp_path, record_property):
-    from test_scratchdirs import dead_pid
-
     from eraserd.scratchdirs import EVALUATE, OWNER, make_owned
 
     scratch, plots = tmp_path / "scratch", tmp_path / "plots"

@@ -14,17 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tree_bytes
+from conftest import dead_pid, tree_bytes
 from patience import die_with_parent
 
 from eraserd.scratchdirs import OWNER, VERIFY, make_owned, sweep_stale
-
-
-def dead_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 def test_a_live_owner_keeps_its_directory(tmp_path):
