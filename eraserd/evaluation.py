@@ -207,7 +207,8 @@ def time_forgets(
     er: Eraser, n: int, seed: int, then: Callable[[], object] | None = None
 ) -> tuple[list[float], list[float]]:
     """Wall seconds of ``n`` single forgets, of the training samples of lowest seeded rank,
-    and of ``then`` run after each (empty without it)."""
+    and of ``then`` run after each (empty without it). For the shared head, ``then`` trains
+    the head again and re-scores the held-out set, as a forget re-scores what it retrains."""
     train = [r.sample_id for r in er.store.rows("train")]
     victims = sorted(train, key=lambda i: rank(seed, "evaluate forget", i))[:n]
     out: list[float] = []

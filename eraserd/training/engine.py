@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -422,16 +422,23 @@ def train_cluster(
     return train_pack(backbone, [data], tcfg, pcfg, num_classes, on_step)[0]
 
 
+def _prompted(
+    backbone: Backbone, prompt: torch.Tensor, images: torch.Tensor, batch_size: int
+) -> Iterator[torch.Tensor]:
+    """Backbone features (float32, on the device) of canonical views under one prompt, a
+    batch of ``batch_size`` at a time."""
+    prompt = prompt.to(backbone.device)
+    for lo in range(0, images.shape[0], batch_size):
+        x = backbone.prepare_input(backbone.normalize(images[lo : lo + batch_size]) + prompt)
+        yield backbone.trainer(x).float()
+
+
 @torch.no_grad()
 def prompted_features(
     backbone: Backbone, prompt: torch.Tensor, images: torch.Tensor, batch_size: int = 64
 ) -> torch.Tensor:
     """Backbone features (float32, on the CPU) of canonical views under one prompt."""
-    prompt = prompt.to(backbone.device)
-    out = []
-    for lo in range(0, images.shape[0], batch_size):
-        x = backbone.prepare_input(backbone.normalize(images[lo : lo + batch_size]) + prompt)
-        out.append(backbone.trainer(x).float().cpu())
+    out = [f.cpu() for f in _prompted(backbone, prompt, images, batch_size)]
     return torch.cat(out) if out else torch.zeros(0, backbone.num_features)
 
 
@@ -446,12 +453,8 @@ def logits_batch(
 ) -> torch.Tensor:
     """Class logits (float32, on the CPU) of canonical views under one cluster's prompt and
     head."""
-    device = backbone.device
-    prompt, weight, bias = prompt.to(device), weight.to(device), bias.to(device)
-    out = []
-    for lo in range(0, images.shape[0], batch_size):
-        x = backbone.prepare_input(backbone.normalize(images[lo : lo + batch_size]) + prompt)
-        out.append(F.linear(backbone.trainer(x).float(), weight, bias).cpu())
+    weight, bias = weight.to(backbone.device), bias.to(backbone.device)
+    out = [F.linear(f, weight, bias).cpu() for f in _prompted(backbone, prompt, images, batch_size)]
     return torch.cat(out) if out else torch.zeros(0, weight.shape[0])
 
 
